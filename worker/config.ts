@@ -1,0 +1,95 @@
+/**
+ * @module The worker's settings, read once from the environment by main.ts (see USAGE for the
+ * variables and their defaults). Nothing else in worker/ reads process.env.
+ */
+import { homedir } from 'node:os'
+import { join, resolve } from 'node:path'
+import type { LevelWithSilent } from 'pino'
+import { AppError } from '../lib/errors.js'
+import { parseLevel } from '../lib/log.js'
+
+/** Everything startWorker needs. */
+export interface WorkerSettings {
+  /** BAREKU_HOME: run/ (lock, instance records, worker.json) and log/ live here. */
+  home: string
+  /** The file the client writes and the worker reads. */
+  configFile: string
+  /** Reconcile period in ms (a config change also reconciles at once). */
+  tickMs: number
+  /** Who instances run as when the worker is root and their spec names no user. */
+  user: string
+  /** A log file at least this big is rotated to .1 on the next tick. */
+  logMaxBytes: number
+  logLevel: LevelWithSilent
+}
+
+export const USAGE = `usage: bareku worker
+
+Runs the worker of this node: reads the worker config the client writes, and starts, stops,
+replaces (surge-first) and restarts (with backoff) the processes it lists. One worker per node.
+SIGTERM or SIGINT stops the worker and leaves the processes running; the next worker adopts them.
+
+settings (environment):
+  BAREKU_HOME                   state directory (default: /var/lib/bareku as root, else ~/.bareku)
+  BAREKU_WORKER_CONFIG          the worker config file (default: $BAREKU_HOME/run/worker.json)
+  BAREKU_WORKER_TICK_MS         reconcile period in ms (default: 2000)
+  BAREKU_WORKER_USER            user processes run as when the worker is root (default: nobody)
+  BAREKU_WORKER_LOG_MAX_BYTES   rotate a process log to .1 at this size (default: 10485760)
+  LOG_LEVEL                     fatal|error|warn|info|debug|trace|silent (default: info)
+
+files:
+  $BAREKU_HOME/run/worker.lock        the pid of the running worker
+  $BAREKU_HOME/run/instances/*.json   one record per running process, for adoption
+  $BAREKU_HOME/log/<name>.log         each process's stdout and stderr
+`
+
+function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number, example: string) {
+  const value = env[name]
+  if (value === undefined || value === '') return fallback
+  const n = Number(value)
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+    throw new AppError(
+      'E_CONFIG',
+      `${name} must be a positive integer, got "${value}" (e.g. ${name}=${example})`,
+    )
+  }
+  return n
+}
+
+function level(value: string | undefined): LevelWithSilent {
+  try {
+    return parseLevel(value)
+  } catch (err) {
+    throw new AppError('E_CONFIG', (err as Error).message)
+  }
+}
+
+/** Builds the settings from an environment; `isRoot` picks the default BAREKU_HOME. */
+export function loadConfig(
+  env: NodeJS.ProcessEnv,
+  isRoot = process.getuid?.() === 0,
+): WorkerSettings {
+  const home =
+    env.BAREKU_HOME || (isRoot ? '/var/lib/bareku' : join(env.HOME || homedir(), '.bareku'))
+  if (!home.startsWith('/')) {
+    throw new AppError(
+      'E_CONFIG',
+      `BAREKU_HOME must be an absolute path, got "${home}" (e.g. BAREKU_HOME=/var/lib/bareku)`,
+    )
+  }
+  const user = env.BAREKU_WORKER_USER || 'nobody'
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(user)) {
+    throw new AppError(
+      'E_CONFIG',
+      `BAREKU_WORKER_USER must be a user name, got "${user}" (e.g. BAREKU_WORKER_USER=nobody)`,
+    )
+  }
+  return Object.freeze({
+    home,
+    configFile: resolve(env.BAREKU_WORKER_CONFIG || join(home, 'run', 'worker.json')),
+    tickMs: positiveInt(env, 'BAREKU_WORKER_TICK_MS', 2000, '2000'),
+    user,
+    logMaxBytes: positiveInt(env, 'BAREKU_WORKER_LOG_MAX_BYTES', 10 * 1024 * 1024, '10485760'),
+    logLevel: level(env.LOG_LEVEL),
+  })
+}

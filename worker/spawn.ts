@@ -1,0 +1,232 @@
+/**
+ * @module Spawning one instance, and reading what /proc says about a pid.
+ *
+ * An instance is spawned detached (setsid: its own session and process group, pgid = pid), so
+ * the worker can signal the whole group and can die or restart without taking it along. Its
+ * stdout and stderr go to `BAREKU_HOME/log/<slot>.log`, opened O_APPEND (never pipes: a pipe
+ * would tie the instance to the worker's lifetime and block it when nobody reads). A surge
+ * replacement writes to the same file as the instance it replaces, so one file tells a slot's
+ * whole story.
+ *
+ * Log rotation is deliberately simple: on each reconcile tick the worker renames a log file that
+ * has grown past the limit to `<slot>.log.1` (replacing the previous `.1`); new spawns open a
+ * fresh `<slot>.log`. A process that keeps running keeps its descriptor, so it goes on writing
+ * into `.1` until it restarts: rotation bounds the file new output goes to, not a chatty
+ * long-lived process.
+ *
+ * The command runs as
+ *
+ *   /bin/sh -c 'for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; eval "exec $1"' \
+ *     bareku-run COMMAND
+ *
+ * in the slug directory, so the buildpacks' `.profile.d` scripts are sourced first (Heroku's
+ * contract; their exports reach the process), and the command then replaces the shell, so the
+ * pid we record is the app's own. COMMAND travels as an argument and is parsed by the shell
+ * exactly once (no quoting is spliced into the script). Because of `exec` it should be one
+ * simple command, as Procfile commands usually are: write `env A=1 cmd` rather than `A=1 cmd`,
+ * and `sh -c 'a && b'` for a compound command.
+ *
+ * The environment is only: PATH (a default, unless the spec's env sets it), the spec's env, then
+ * HOME (the slug), PORT (when the spec has a port), DYNO and PS (the slot name).
+ * When the worker is root, the instance runs as the spec's user or else the worker's configured
+ * user (nobody); libuv drops supplementary groups when it switches uid/gid.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { closeSync, openSync, readFileSync, renameSync, statSync } from 'node:fs'
+import { userInfo } from 'node:os'
+import { AppError } from '../lib/errors.js'
+import type { InstanceSpec } from '../lib/config/worker-config.js'
+
+/** The shell script that sources `.profile.d/*.sh` and then execs the command given as $1. */
+export const LAUNCH_SCRIPT =
+  'for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; eval "exec $1"'
+
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/** A resolved account to run as. */
+export interface RunAs {
+  user: string
+  uid: number
+  gid: number
+}
+
+/** One spawned instance: the ChildProcess stays with the worker for its 'exit' event. */
+export interface Spawned {
+  child: ChildProcess
+  pid: number
+  /** The process group: the pid itself, since the instance is a session leader. */
+  pgid: number
+  /** Field 22 of /proc/PID/stat, to recognise this very process after a worker restart. */
+  starttime: number
+}
+
+const users = new Map<string, RunAs>()
+
+/** Resolves a user name with `getent passwd` (so NSS users work too); cached per process. */
+export function lookupUser(user: string): RunAs {
+  const cached = users.get(user)
+  if (cached) return cached
+  let line: string
+  try {
+    line = execFileSync('getent', ['passwd', user], { encoding: 'utf8' }).trim()
+  } catch {
+    throw new AppError(
+      'E_WORKER',
+      `no such user "${user}" (getent passwd ${user} found nothing): create it, or set BAREKU_WORKER_USER or the instance's user to an existing account`,
+    )
+  }
+  const fields = line.split(':')
+  const runAs = { user, uid: Number(fields[2]), gid: Number(fields[3]) }
+  if (!Number.isInteger(runAs.uid) || !Number.isInteger(runAs.gid)) {
+    throw new AppError('E_WORKER', `getent passwd ${user} printed an unreadable entry: ${line}`)
+  }
+  users.set(user, runAs)
+  return runAs
+}
+
+/**
+ * Who an instance runs as: when the worker is root, the spec's user or else `defaultUser`;
+ * otherwise the worker's own account (undefined), which must then be the spec's user if it names
+ * one.
+ */
+export function resolveRunAs(spec: InstanceSpec, defaultUser: string): RunAs | undefined {
+  if (process.getuid?.() === 0) return lookupUser(spec.user ?? defaultUser)
+  const self = userInfo().username
+  if (spec.user !== undefined && spec.user !== self) {
+    throw new AppError(
+      'E_WORKER',
+      `${spec.name} must run as "${spec.user}", but the worker runs as "${self}", not root: run the worker as root, or drop the instance's user`,
+    )
+  }
+  return undefined
+}
+
+/** The environment of an instance of `slot` (see the module comment for what goes in). */
+export function instanceEnv(spec: InstanceSpec, slot: string): Record<string, string> {
+  const env: Record<string, string> = { PATH: DEFAULT_PATH, ...spec.env, HOME: spec.cwd }
+  if (spec.port !== undefined) env.PORT = String(spec.port)
+  env.DYNO = slot
+  env.PS = slot
+  return env
+}
+
+/** Opens a log file for appending (created 0640: an app's output may hold secrets). */
+export function openLog(file: string): number {
+  return openSync(file, 'a', 0o640)
+}
+
+/** Renames `file` to `file.1` when it has reached `maxBytes`; returns true when it did. */
+export function rotateLog(file: string, maxBytes: number): boolean {
+  let size: number
+  try {
+    size = statSync(file).size
+  } catch {
+    return false
+  }
+  if (size < maxBytes) return false
+  renameSync(file, `${file}.1`)
+  return true
+}
+
+/**
+ * Spawns `spec` as instance `slot` (the env's DYNO), detached, output appended to `logFile`.
+ * Resolves once the process exists; rejects with E_WORKER when it could not be started
+ * (missing cwd, unknown user, ...).
+ */
+export async function spawnInstance(
+  spec: InstanceSpec,
+  slot: string,
+  logFile: string,
+  runAs: RunAs | undefined,
+): Promise<Spawned> {
+  const fd = openLog(logFile)
+  let child: ChildProcess
+  try {
+    child = spawn('/bin/sh', ['-c', LAUNCH_SCRIPT, 'bareku-run', spec.command], {
+      cwd: spec.cwd,
+      env: instanceEnv(spec, slot),
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      ...(runAs ? { uid: runAs.uid, gid: runAs.gid } : {}),
+    })
+  } finally {
+    // The child has its own copy of the descriptor.
+    closeSync(fd)
+  }
+  await new Promise<void>((resolve, reject) => {
+    child.once('spawn', resolve)
+    child.once('error', (err) =>
+      reject(
+        new AppError(
+          'E_WORKER',
+          `cannot spawn ${slot} in ${spec.cwd}${runAs ? ` as ${runAs.user}` : ''}: ${err.message}; check that the slug is unpacked there and readable by that user`,
+          { cause: err },
+        ),
+      ),
+    )
+  })
+  // Not ours to keep alive: the worker may exit (or restart) while its instances run on.
+  child.unref()
+  const pid = child.pid!
+  return { child, pid, pgid: pid, starttime: readStartTime(pid) ?? 0 }
+}
+
+/**
+ * Parses the text of /proc/PID/stat into its state (field 3) and start time (field 22, in clock
+ * ticks since boot). Field 2 is "(comm)", and comm may itself hold spaces and parentheses, so
+ * the fields are counted from the LAST ')'.
+ */
+export function parseStat(text: string): { state: string; starttime: number } | undefined {
+  const end = text.lastIndexOf(')')
+  if (end === -1) return undefined
+  const fields = text
+    .slice(end + 1)
+    .trim()
+    .split(/\s+/)
+  const state = fields[0]
+  const starttime = Number(fields[22 - 3])
+  if (state === undefined || state === '' || !Number.isSafeInteger(starttime)) return undefined
+  return { state, starttime }
+}
+
+function readStat(pid: number): { state: string; starttime: number } | undefined {
+  try {
+    return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return undefined
+  }
+}
+
+const dead = (state: string): boolean => state === 'Z' || state === 'X' || state === 'x'
+
+/** The start time of `pid` (field 22 of /proc/PID/stat, in clock ticks since boot), if it exists. */
+export function readStartTime(pid: number): number | undefined {
+  return readStat(pid)?.starttime
+}
+
+/** True when `pid` exists as a zombie (exited, not yet reaped) or is dying (state Z or X). */
+export function isZombie(pid: number): boolean {
+  const stat = readStat(pid)
+  return stat !== undefined && dead(stat.state)
+}
+
+/**
+ * True when `pid` runs and is the process that started at `starttime`: not gone, not a zombie
+ * (an orphan whose parent does not reap it stays a zombie and still answers kill(pid, 0)), and
+ * not a newer process that reused the pid.
+ */
+export function isAlive(pid: number, starttime?: number): boolean {
+  try {
+    process.kill(pid, 0)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false
+  }
+  const stat = readStat(pid)
+  if (!stat || dead(stat.state)) return false
+  return starttime === undefined || stat.starttime === starttime
+}
+
+/** This boot's id (/proc/sys/kernel/random/boot_id): start times only compare within one boot. */
+export function bootId(): string {
+  return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
+}
