@@ -18,6 +18,14 @@ export type ErrorCode =
   | 'E_WORKER_CONFIG'
   | 'E_WORKER'
   | 'E_ZMTP'
+  | 'E_HOST_LIST'
+  | 'E_NODE_REPORT'
+  | 'E_CONTROL'
+  | 'E_SLUG'
+  | 'E_MASTER'
+  | 'E_CLIENT'
+  | 'E_APP'
+  | 'E_BUILD'
 
 export class AppError extends Error {
   constructor(
