@@ -3,12 +3,15 @@
  * (unchanged) or a JSON file, plus overrides from the environment. Only main.ts calls this.
  *
  *   BAREKU_FRONTEND_CONFIG   path to a .conf (m2sh) or .json route table (or --config FILE)
+ *   BAREKU_MASTER            without a file: follow this master's route table (or --master)
  *   BAREKU_FRONTEND_LISTEN   host:port to listen on instead of the server's bind_addr/port
  *                            (port 0 picks a free one; the ready log line says which)
  *   BAREKU_FRONTEND_SERVER   which server of the config to run (default: all of them)
  *   LOG_LEVEL                fatal, error, warn, info (default), debug, trace, silent
  */
 import { readFileSync } from 'node:fs'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
 import { AppError } from '../lib/errors.js'
 import { parseLevel } from '../lib/log.js'
 import { parseM2sh } from '../lib/config/m2sh.js'
@@ -16,8 +19,12 @@ import { parseRouteTable, type RouteTable } from '../lib/config/routes.js'
 import type { LevelWithSilent } from 'pino'
 
 export interface FrontendConfig {
-  /** The config file, read again on SIGHUP. */
-  file: string
+  /** The config file, read again on SIGHUP; absent when the routes come from a master. */
+  file?: string
+  /** The master's control endpoint, when the routes come from it. */
+  master?: string
+  /** Where the master's last route table is kept (master mode). */
+  cacheFile?: string
   routes: RouteTable
   /** Overrides every server's listen address (meant for one-server configs and tests). */
   listen?: { host: string; port: number }
@@ -27,15 +34,23 @@ export interface FrontendConfig {
 }
 
 export const USAGE = `usage: bareku frontend --config FILE
+       bareku frontend [--master ENDPOINT]
 
 Runs the HTTP/WebSocket frontend: Mongrel2's handler protocol on uWebSockets.js.
 FILE is a Mongrel2 m2sh config (.conf, loaded unchanged) or a Bareku route table (.json).
 SIGHUP reads FILE again and applies its hosts, routes and handlers without a restart.
+Without a FILE, the routes are the master's: each app at NAME.BAREKU_DOMAIN and its domains,
+applied as the master publishes them, and kept while the master is away.
 
 settings (environment):
   BAREKU_FRONTEND_CONFIG   the config file, instead of --config
+  BAREKU_MASTER            the master's control endpoint, instead of --master
+                           (default: tcp://127.0.0.1:7070, used when no FILE is given)
+  BAREKU_HOME              state directory: run/frontend-routes.json caches the master's table
+                           (default: /var/lib/bareku as root, else ~/.bareku)
   BAREKU_FRONTEND_LISTEN   host:port to listen on instead of the config's bind_addr/port
-                           (default: the config's; port 0 picks a free port)
+                           (default: the config's, or 127.0.0.1:8080 with a master; port 0
+                           picks a free port)
   BAREKU_FRONTEND_SERVER   run only the server of that name (default: every server)
   LOG_LEVEL                fatal|error|warn|info|debug|trace|silent (default: info)
 `
@@ -76,20 +91,57 @@ function parseListen(value: string): { host: string; port: number } {
   return { host: m[1]!.replace(/^\[(.*)\]$/, '$1'), port }
 }
 
+/** The one server a master's route table describes (master/plan.ts names it so too). */
+const MASTER_SERVER = 'bareku'
+
+function masterConfig(env: NodeJS.ProcessEnv, flag: string | undefined): FrontendConfig {
+  const master = flag || env.BAREKU_MASTER || 'tcp://127.0.0.1:7070'
+  if (!/^tcp:\/\/.+:[0-9]+$/.test(master)) {
+    throw new AppError(
+      'E_CONFIG',
+      `the master's control endpoint must be tcp://HOST:PORT, got "${master}" (e.g. --master tcp://127.0.0.1:7070)`,
+    )
+  }
+  const root = process.getuid?.() === 0
+  const home =
+    env.BAREKU_HOME || (root ? '/var/lib/bareku' : join(env.HOME || homedir(), '.bareku'))
+  const listen = parseListen(env.BAREKU_FRONTEND_LISTEN || '127.0.0.1:8080')
+  // Until the master's first table arrives: one server with no apps (every request is a 404).
+  const routes = parseRouteTable({
+    servers: [
+      {
+        uuid: MASTER_SERVER,
+        name: MASTER_SERVER,
+        bindAddr: listen.host,
+        port: listen.port,
+        defaultHost: 'default',
+        hosts: [{ name: 'default', routes: {} }],
+      },
+    ],
+  })
+  return Object.freeze({
+    master,
+    cacheFile: join(home, 'run', 'frontend-routes.json'),
+    routes,
+    listen,
+    server: MASTER_SERVER,
+    logLevel: parseLevel(env.LOG_LEVEL),
+  })
+}
+
 /** Builds the config from the environment and the command line arguments after `frontend`. */
 export function loadConfig(env: NodeJS.ProcessEnv, args: string[]): FrontendConfig {
   let file = env.BAREKU_FRONTEND_CONFIG
+  let master: string | undefined
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!
     if (arg === '--config' || arg === '-c') file = args[++i]
     else if (arg.startsWith('--config=')) file = arg.slice('--config='.length)
+    else if (arg === '--master') master = args[++i]
+    else if (arg.startsWith('--master=')) master = arg.slice('--master='.length)
     else throw new AppError('E_CONFIG', `unknown argument "${arg}"\n\n${USAGE}`)
   }
-  if (!file)
-    throw new AppError(
-      'E_CONFIG',
-      `no config given: pass --config FILE or set BAREKU_FRONTEND_CONFIG\n\n${USAGE}`,
-    )
+  if (!file) return masterConfig(env, master)
   const routes = loadRouteFile(file)
   const config: FrontendConfig = { file, routes, logLevel: parseLevel(env.LOG_LEVEL) }
   if (env.BAREKU_FRONTEND_LISTEN) config.listen = parseListen(env.BAREKU_FRONTEND_LISTEN)

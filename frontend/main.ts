@@ -1,11 +1,13 @@
 /**
  * @module `bareku frontend`: environment and arguments -> config -> logger -> startFrontend ->
  * signals. The "ready" line carries the bound endpoints; tests and operators wait for it.
+ * Routes come from a file (SIGHUP reads it again) or from the master (followed live).
  */
-import { createLogger } from '../lib/log.js'
+import { createLogger, type Logger } from '../lib/log.js'
 import { onShutdown } from '../lib/shutdown.js'
-import { loadConfig, loadRouteFile, USAGE } from './config.js'
-import { startFrontend } from './frontend.js'
+import { loadConfig, loadRouteFile, USAGE, type FrontendConfig } from './config.js'
+import { startFrontend, type Frontend } from './frontend.js'
+import { followMaster, readCachedTable } from './master-routes.js'
 
 export async function main(args: string[]): Promise<void> {
   if (args.includes('--help') || args.includes('-h')) {
@@ -15,21 +17,51 @@ export async function main(args: string[]): Promise<void> {
   const config = loadConfig(process.env, args)
   const log = createLogger('frontend', config.logLevel)
   const frontend = await startFrontend(config, log)
-  log.info({ endpoints: frontend.endpoints }, 'ready')
-  onShutdown(log, () => frontend.close())
-  // As Mongrel2 does: SIGHUP re-reads the config; a bad file keeps the running one.
-  process.on('SIGHUP', () => {
-    void (async () => {
-      try {
-        const { endpoints, restartNeeded } = await frontend.reload(loadRouteFile(config.file))
-        log.info({ endpoints, file: config.file }, 'reloaded')
-        for (const reason of restartNeeded) log.warn({ reason }, 'restart needed to apply')
-      } catch (err) {
-        log.error(
-          { file: config.file, err: (err as Error).message },
-          'reload failed, keeping the running config',
-        )
-      }
-    })()
+  const apply = async (table: Parameters<Frontend['reload']>[0]) => {
+    const { endpoints, restartNeeded } = await frontend.reload(table)
+    for (const reason of restartNeeded) log.warn({ reason }, 'restart needed to apply')
+    return endpoints
+  }
+  let stopFollowing = () => {}
+  if (config.master !== undefined && config.cacheFile !== undefined) {
+    const cached = readCachedTable(config.cacheFile, log)
+    if (cached) await apply(cached.table)
+    const follower = followMaster(
+      {
+        master: config.master,
+        cacheFile: config.cacheFile,
+        apply: async (table) => void (await apply(table)),
+        log,
+      },
+      cached?.meta,
+    )
+    stopFollowing = () => follower.close()
+  }
+  log.info({ endpoints: frontend.endpoints, master: config.master }, 'ready')
+  onShutdown(log, () => {
+    stopFollowing()
+    return frontend.close()
   })
+  process.on('SIGHUP', () => void reloadFile(config, log, apply))
+}
+
+/** As Mongrel2 does: SIGHUP re-reads the config file; a bad file keeps the running config. */
+async function reloadFile(
+  config: FrontendConfig,
+  log: Logger,
+  apply: (table: ReturnType<typeof loadRouteFile>) => Promise<unknown>,
+): Promise<void> {
+  if (config.file === undefined) {
+    log.info('SIGHUP ignored: the routes come from the master')
+    return
+  }
+  try {
+    const endpoints = await apply(loadRouteFile(config.file))
+    log.info({ endpoints, file: config.file }, 'reloaded')
+  } catch (err) {
+    log.error(
+      { file: config.file, err: (err as Error).message },
+      'reload failed, keeping the running config',
+    )
+  }
 }
