@@ -21,6 +21,8 @@ export interface WorkerSettings {
   /** A log file at least this big is rotated to .1 on the next tick. */
   logMaxBytes: number
   logLevel: LevelWithSilent
+  /** Stop every instance when the worker stops (`bareku up`), instead of leaving them running. */
+  stopOnExit: boolean
 }
 
 export const USAGE = `usage: bareku worker
@@ -35,6 +37,8 @@ settings (environment):
   BAREKU_WORKER_TICK_MS         reconcile period in ms (default: 2000)
   BAREKU_WORKER_USER            user processes run as when the worker is root (default: nobody)
   BAREKU_WORKER_LOG_MAX_BYTES   rotate a process log to .1 at this size (default: 10485760)
+  BAREKU_WORKER_STOP_ON_EXIT    1: SIGTERM/SIGINT also stops every process (bareku up sets it;
+                                default: 0, the processes keep running for the next worker)
   LOG_LEVEL                     fatal|error|warn|info|debug|trace|silent (default: info)
 
 files:
@@ -54,6 +58,13 @@ function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number, exa
     )
   }
   return n
+}
+
+function flag(env: NodeJS.ProcessEnv, name: string): boolean {
+  const value = env[name] ?? ''
+  if (value === '' || value === '0') return false
+  if (value === '1') return true
+  throw new AppError('E_CONFIG', `${name} must be 0 or 1, got "${value}" (e.g. ${name}=1)`)
 }
 
 function level(value: string | undefined): LevelWithSilent {
@@ -91,5 +102,6 @@ export function loadConfig(
     user,
     logMaxBytes: positiveInt(env, 'BAREKU_WORKER_LOG_MAX_BYTES', 10 * 1024 * 1024, '10485760'),
     logLevel: level(env.LOG_LEVEL),
+    stopOnExit: flag(env, 'BAREKU_WORKER_STOP_ON_EXIT'),
   })
 }

@@ -41,5 +41,7 @@ export async function main(args: string[]): Promise<void> {
     },
     'ready',
   )
-  onShutdown(log, () => worker.close())
+  // Stopping every process waits for each one's grace period: allow for it.
+  if (config.stopOnExit) onShutdown(log, () => worker.stopAll(), 60_000)
+  else onShutdown(log, () => worker.close())
 }

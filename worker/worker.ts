@@ -25,6 +25,17 @@
  * Stopping: SIGTERM to the process group, SIGKILL to the group after the spec's graceMs
  * (default 10 s). Exits are logged in execa's wording ("exited with code 1", "was killed with
  * SIGKILL"); an adopted instance is not our child, so its exit status is unknown.
+ *
+ * Status: after every tick, if anything changed, `run/status.json` is replaced atomically (the
+ * client reads it for its reports to the master):
+ *
+ *   { "time": ms, "epoch": INT | null, "seq": INT | null,      ; of the config being run
+ *     "instances": [ { "name", "specHash", "state", "pid"?, "port"?, "restarts",
+ *                      "app", "type", "release" } ] }          ; surge instances included
+ *
+ * with state starting | ready | backoff | stopping ("running" counts as ready, "crashed" as
+ * backoff). An adopted instance whose spec is no longer in the config has its app and type
+ * read from its name ("APP.TYPE.N") and release 0 (unknown).
  */
 import type { ChildProcess } from 'node:child_process'
 import {
@@ -47,6 +58,7 @@ import {
   type WorkerConfig,
 } from '../lib/config/worker-config.js'
 import { AppError, isAppError } from '../lib/errors.js'
+import { writeFileAtomicSync } from '../lib/fs-atomic.js'
 import type { Logger } from '../lib/log.js'
 import type { WorkerSettings } from './config.js'
 import { adopt, recordsDir, removeRecord, writeRecord } from './records.js'
@@ -96,6 +108,8 @@ interface Instance {
   killTimer?: NodeJS.Timeout
   /** Stopped because it never became ready: its exit counts as a crash. */
   failed?: boolean
+  /** What it runs, for status.json; unknown for an adopted instance until matched to a spec. */
+  about?: { app: string; type: string; release: number }
   gone: Array<() => void>
 }
 
@@ -170,6 +184,23 @@ function releaseLock(path: string): void {
   }
 }
 
+/** The status file's instance states: what the master needs, not the planner's detail. */
+type StatusState = 'starting' | 'ready' | 'backoff' | 'stopping'
+const STATUS_STATE: Record<InstanceState, StatusState> = {
+  starting: 'starting',
+  ready: 'ready',
+  running: 'ready',
+  stopping: 'stopping',
+  crashed: 'backoff',
+}
+
+/** app, type and release of an instance from its name "APP.TYPE.N[~hash]" alone. */
+function aboutFromName(name: string): { app: string; type: string; release: number } {
+  const parts = slotOf(name).split('.')
+  if (parts.length < 3) return { app: parts[0] ?? name, type: 'unknown', release: 0 }
+  return { app: parts.slice(0, -2).join('.'), type: parts[parts.length - 2]!, release: 0 }
+}
+
 /** execa's wording for how a process ended. */
 function describeExit(code: number | null, signal: NodeJS.Signals | null, ours: boolean): string {
   if (!ours) return 'exited (status unknown: not a child of this worker)'
@@ -200,6 +231,7 @@ export async function startWorker(settings: WorkerSettings, log: Logger): Promis
   const logDir = join(settings.home, 'log')
   const recDir = recordsDir(settings.home)
   const lockPath = join(runDir, 'worker.lock')
+  const statusPath = join(runDir, 'status.json')
   for (const dir of [runDir, logDir, recDir, dirname(configFile)]) {
     mkdirSync(dir, { recursive: true })
   }
@@ -218,6 +250,8 @@ export async function startWorker(settings: WorkerSettings, log: Logger): Promis
   let timerAt = Infinity
   let ticking: Promise<void> | undefined
   let again = false
+  /** status.json as last written, without its time: rewritten only when this changes. */
+  let lastStatus: string | undefined
 
   const logFile = (name: string): string => join(logDir, `${slotOf(name)}.log`)
 
@@ -328,6 +362,7 @@ export async function startWorker(settings: WorkerSettings, log: Logger): Promis
       specHash: specHash(spec),
       state: 'starting',
       restarts,
+      about: { app: spec.app, type: spec.type, release: spec.release },
       ...(spec.port !== undefined ? { port: spec.port } : {}),
       graceMs: spec.graceMs ?? DEFAULT_GRACE_MS,
       gone: [],
@@ -524,6 +559,39 @@ export async function startWorker(settings: WorkerSettings, log: Logger): Promis
     }
   }
 
+  function aboutOf(inst: Instance): { app: string; type: string; release: number } {
+    if (inst.about) return inst.about
+    const spec = desired?.instances.find((s) => s.name === slotOf(inst.name))
+    if (spec && specHash(spec) === inst.specHash) {
+      inst.about = { app: spec.app, type: spec.type, release: spec.release }
+      return inst.about
+    }
+    return aboutFromName(inst.name)
+  }
+
+  /** Replaces run/status.json when the instances or their states changed since the last write. */
+  function writeStatus(): void {
+    const body = {
+      epoch: desired?.epoch ?? null,
+      seq: desired?.seq ?? null,
+      instances: [...instances.values()]
+        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+        .map((i) => ({
+          name: i.name,
+          specHash: i.specHash,
+          state: STATUS_STATE[i.state],
+          ...(i.pid !== undefined ? { pid: i.pid } : {}),
+          ...(i.port !== undefined ? { port: i.port } : {}),
+          restarts: i.restarts,
+          ...aboutOf(i),
+        })),
+    }
+    const text = JSON.stringify(body)
+    if (text === lastStatus) return
+    writeFileAtomicSync(statusPath, JSON.stringify({ time: Date.now(), ...body }) + '\n')
+    lastStatus = text
+  }
+
   function nextDelay(): number {
     const now = Date.now()
     let next = settings.tickMs
@@ -560,6 +628,7 @@ export async function startWorker(settings: WorkerSettings, log: Logger): Promis
       return
     }
     ticking = tick()
+      .then(writeStatus)
       .catch((err: unknown) => {
         // A supervisor must outlive a transient failure (a full disk, a racing rename): the
         // loop is level-triggered, so the next tick retries from the facts.
@@ -628,6 +697,13 @@ export async function startWorker(settings: WorkerSettings, log: Logger): Promis
         await Promise.all(waits)
       } finally {
         clearInterval(poll)
+        // Crashed instances waiting for a restart will not get one now: nothing runs.
+        for (const [name, inst] of instances) if (inst.pid === undefined) instances.delete(name)
+        try {
+          writeStatus()
+        } catch (err) {
+          log.warn({ err }, 'status not written')
+        }
         detached = true
         for (const i of instances.values()) clearTimeout(i.killTimer)
         releaseLock(lockPath)
