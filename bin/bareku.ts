@@ -3,33 +3,73 @@
  * code print their message (which names the fix) and exit 1; anything else is a crash.
  */
 import { isAppError } from '../lib/errors.js'
+import { parseVerbArgs, VERBS } from './verbs.js'
 
-const USAGE = `usage: bareku COMMAND [ARGS]
-
-commands:
-  frontend --config FILE   run the HTTP/WebSocket frontend (Mongrel2 .conf or Bareku .json routes)
-  worker                   run this node's worker: supervise the processes of its worker config
-
-Run 'bareku COMMAND --help' for a command's settings.
+const DAEMONS = `daemons (one per machine role; 'bareku DAEMON --help' lists its settings):
+  up                       a whole one-node Bareku in the foreground (master, worker, client,
+                           frontend); Ctrl-C stops it and its apps
+  master                   the master: desired state, placement, publication, control API
+  client                   this node's client: follow the master, fetch slugs, write worker.json
+  worker                   this node's worker: supervise the processes of its worker config
+  frontend [--config FILE] the HTTP/WebSocket frontend (Mongrel2 .conf or Bareku .json routes,
+                           or the master's routes without FILE)
 `
+
+function usage(): string {
+  const width = Math.max(...Object.values(VERBS).map((v) => v.usage.split(' ')[0]!.length))
+  const verbs = Object.entries(VERBS)
+    .map(([name, v]) => `  ${name.padEnd(width)}  ${v.summary}`)
+    .join('\n')
+  return `usage: bareku COMMAND [ARGS] [--json] [--master tcp://HOST:7070]
+
+${DAEMONS}
+apps and the cluster (Heroku/Dokku verbs; the app is the first argument or --app NAME):
+${verbs}
+
+Run 'bareku COMMAND --help' for a command's usage.
+`
+}
 
 async function run(argv: string[]): Promise<void> {
   const [command, ...args] = argv
   switch (command) {
+    case 'up':
+      return (await import('./up.js')).up(args, process.env)
     case 'frontend':
       return (await import('../frontend/main.js')).main(args)
+    case 'master':
+      return (await import('../master/main.js')).main(args)
+    case 'client':
+      return (await import('../client/main.js')).main(args)
     case 'worker':
       return (await import('../worker/main.js')).main(args)
+    case 'hook':
+      // The repos' pre-receive hook runs `bareku hook pre-receive`.
+      return (await import('../hooks/receive.js')).main(args)
+    case 'git-shell':
+      // The forced command of each key in authorized_keys.
+      return (await import('../hooks/ssh.js')).gitShell(args)
     case undefined:
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(USAGE)
+      process.stdout.write(usage())
       return
-    default:
-      process.stderr.write(`bareku: unknown command "${command}"\n\n${USAGE}`)
-      process.exitCode = 2
   }
+  const verb = VERBS[command]
+  if (verb === undefined) {
+    process.stderr.write(`bareku: unknown command "${command}"\n\n${usage()}`)
+    process.exitCode = 2
+    return
+  }
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`usage: bareku ${verb.usage}\n\n${verb.summary}\n`)
+    return
+  }
+  const ctx = parseVerbArgs(verb, args, process.env)
+  const result = await verb.run(ctx)
+  if (ctx.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
+  else process.stdout.write(verb.text ? verb.text(result, ctx) : `${JSON.stringify(result)}\n`)
 }
 
 run(process.argv.slice(2)).catch((err: unknown) => {
