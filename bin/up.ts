@@ -19,6 +19,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs'
+import { createServer, type AddressInfo } from 'node:net'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -38,6 +39,14 @@ options and settings:
   BAREKU_MASTER_CONTROL, BAREKU_MASTER_PUBLISH, BAREKU_MASTER_STATS, BAREKU_MASTER_SLUGS
                      the master's endpoints (default tcp://127.0.0.1:7070 to 7073)
 `
+
+/** The master's endpoints (its ready line) and the settings that name them. */
+const MASTER_ENDPOINTS = {
+  control: 'BAREKU_MASTER_CONTROL',
+  publish: 'BAREKU_MASTER_PUBLISH',
+  stats: 'BAREKU_MASTER_STATS',
+  slugs: 'BAREKU_MASTER_SLUGS',
+} as const
 
 interface UpOptions {
   home: string
@@ -66,6 +75,14 @@ export function parseUpArgs(args: string[], env: NodeJS.ProcessEnv): UpOptions {
     throw new AppError('E_CONFIG', `bareku up: the home must be an absolute path, got "${home}"`)
   }
   return { home, port: n }
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
 }
 
 export function defaultHome(env: NodeJS.ProcessEnv): string {
@@ -116,12 +133,14 @@ export async function up(args: string[], env: NodeJS.ProcessEnv): Promise<void> 
     return
   }
   const opts = parseUpArgs(args, env)
+  // Apps' URLs name the port, so port 0 is resolved here, once, rather than by the frontend.
+  if (opts.port === 0) opts.port = await freePort()
   for (const dir of ['run', 'log', 'repos', 'slugs'])
     mkdirSync(join(opts.home, dir), { recursive: true })
   // Apps run as nobody when we are root: they must be able to reach their slugs under the home.
   if (process.getuid?.() === 0) chmodSync(opts.home, 0o755)
   const unlock = lock(opts.home)
-  const control = env.BAREKU_MASTER_CONTROL || 'tcp://127.0.0.1:7070'
+  let control = env.BAREKU_MASTER_CONTROL || 'tcp://127.0.0.1:7070'
   const daemonEnv: NodeJS.ProcessEnv = {
     ...env,
     BAREKU_HOME: opts.home,
@@ -220,6 +239,15 @@ export async function up(args: string[], env: NodeJS.ProcessEnv): Promise<void> 
     for (const d of daemons) {
       process.stdout.write(`-----> Starting the ${d.name}\n`)
       await start(d)
+      if (d.name === 'master') {
+        // With port 0 the master picked its ports: the others (and a restarted master) use those.
+        const bound = (d.ready?.endpoints as Record<string, string> | undefined) ?? {}
+        for (const [key, name] of Object.entries(MASTER_ENDPOINTS)) {
+          if (bound[key]) daemonEnv[name] = bound[key]
+        }
+        control = daemonEnv.BAREKU_MASTER_CONTROL!
+        daemonEnv.BAREKU_MASTER = control
+      }
     }
   } catch (err) {
     await stopAll()

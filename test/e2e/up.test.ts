@@ -1,0 +1,100 @@
+/**
+ * The README's first command, as a user runs it: `bareku up` brings up a one-node Bareku; the
+ * documented apps:create + git push of an app answers at the printed URL; Ctrl-C stops the
+ * daemons and the app; `bareku up` again brings the app back without a push.
+ */
+import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { request } from 'node:http'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { BAREKU, until } from '../helpers/cluster.js'
+import { makeWorkTree, push, removeDir, uniqueDir } from '../helpers/git.js'
+import { REPO, startProcess } from '../helpers/process.js'
+
+const run = promisify(execFile)
+
+function get(url: string): Promise<string> {
+  const u = new URL(url)
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: '127.0.0.1', port: u.port, path: u.pathname, headers: { host: u.host } },
+      (res) => {
+        let body = ''
+        res.setEncoding('utf8').on('data', (c: string) => (body += c))
+        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(body))))
+      },
+    )
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test('bareku up, push, Ctrl-C, up again', async (t) => {
+  const dir = uniqueDir('bareku-up-')
+  t.teardown(() => removeDir(dir))
+  const home = join(dir, 'home')
+  const env = {
+    BAREKU_HOME: home,
+    // Every port picked by the kernel: the banner says which.
+    BAREKU_MASTER_CONTROL: 'tcp://127.0.0.1:0',
+    BAREKU_MASTER_PUBLISH: 'tcp://127.0.0.1:0',
+    BAREKU_MASTER_STATS: 'tcp://127.0.0.1:0',
+    BAREKU_MASTER_SLUGS: 'tcp://127.0.0.1:0',
+  }
+  const up = () => {
+    const proc = startProcess(BAREKU, ['up', '--port', '0'], { env })
+    t.teardown(() => proc.stop(70_000))
+    return proc
+  }
+  let proc = up()
+  await proc.waitFor(/Bareku is up/, 60_000)
+  const banner = proc.lines.join('\n')
+  const master = /master control API at (tcp:\S+)/.exec(banner)![1]!
+  const port = /apps answer at http:\/\/APP\.localhost:(\d+)\//.exec(banner)![1]!
+  t.match(banner, /git push bareku master/, 'it says what to do next')
+
+  const cli = { ...process.env, BAREKU_HOME: home, BAREKU_MASTER: master }
+  const created = await run(BAREKU, ['apps:create', 'hello'], { env: cli })
+  t.match(created.stdout, /git remote add bareku (\S+hello\.git)/)
+  const work = await makeWorkTree(join(dir, 'app'), {
+    from: join(REPO, 'test/fixtures/apps/python-web'),
+  })
+  const pushed = await push(work, join(home, 'repos', 'hello.git'))
+  t.equal(pushed.code, 0, pushed.stderr)
+  const url = `http://hello.localhost:${port}/`
+  t.match(
+    pushed.stderr,
+    new RegExp(`URL: ${url.replaceAll('.', '\\.')}`),
+    'the push prints the URL',
+  )
+  // The frontend may need one health-check round to see the new backend up.
+  const first = await until('the app answers', () => get(url).catch(() => undefined), 10_000)
+  t.match(first, /python fixture ok/, 'the app answers at the printed URL')
+  const ps = JSON.parse((await run(BAREKU, ['ps', 'hello', '--json'], { env: cli })).stdout) as {
+    state: string
+  }[]
+  t.same(
+    ps.map((p) => p.state),
+    ['ready'],
+  )
+
+  // Ctrl-C: everything stops, the app too.
+  proc.child.kill('SIGINT')
+  t.equal(await proc.exited, 0, 'up exits 0')
+  t.match(proc.lines.join('\n'), /Bareku stopped/)
+  t.notOk(existsSync(join(home, 'run', 'up.lock')), 'the lock is released')
+  await t.rejects(get(url), 'nothing answers any more')
+
+  // Again: the app comes back from the saved state, without a push.
+  proc = up()
+  await proc.waitFor(/Bareku is up/, 60_000)
+  const again = /master control API at (tcp:\S+)/.exec(proc.lines.join('\n'))![1]!
+  const port2 = /apps answer at http:\/\/APP\.localhost:(\d+)\//.exec(proc.lines.join('\n'))![1]!
+  t.ok(again)
+  const body = await until('the app answers again', () =>
+    get(`http://hello.localhost:${port2}/`).catch(() => undefined),
+  )
+  t.match(body, /python fixture ok/)
+})
