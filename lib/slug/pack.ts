@@ -121,7 +121,6 @@ async function addEntry(pack: Pack, root: string, e: TreeEntry): Promise<void> {
     }
     await done
   } catch (err) {
-    if (pack.destroyed) throw err // tar2sqfs went away; writeImage reports why
     throw new AppError(
       'E_SLUG',
       `cannot pack ${e.path} in ${root}: ${(err as Error).message}; pack a finished build (nothing may change it meanwhile) that the packing user can read`,

@@ -9,6 +9,10 @@
  *
  * DEST appears complete or not at all, and survives a crash once it is there: a node that finds
  * DEST can trust it. A DEST that already exists is left alone (another unpack got there first).
+ * rdsquashfs runs without --chown (files belong to the unpacking user, never to an image's uid)
+ * and without --set-xattr (a security.capability xattr would be a setuid bit by another name).
+ * The image is decompressed twice, once to check and once to unpack (checking costs about as
+ * much as unpacking: bench/slug.ts).
  */
 import { chmod, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises'
 import { dirname, join, relative, resolve } from 'node:path'
