@@ -428,6 +428,7 @@ interface PsEntry {
   release: number
   state: string
   reason?: string
+  restarts?: number
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -440,7 +441,7 @@ export async function waitForDeploy(
   call: Call,
   app: string,
   version: number,
-  opts: { out: Output; timeoutMs: number; pollMs: number; appWord: RegExp },
+  opts: { out: Output; timeoutMs: number; pollMs: number; appWord: RegExp; home?: string },
 ): Promise<{ done: true } | { done: false; why: string }> {
   const deadline = Date.now() + opts.timeoutMs
   const addrs = new Map<string, string>()
@@ -472,6 +473,18 @@ export async function waitForDeploy(
         }
       }
       if (last.done) return { done: true }
+      const crashing = await crashLoops(call, app, version)
+      if (crashing.length > 0) {
+        return {
+          done: false,
+          why: crashing
+            .map(
+              (i) =>
+                `${i.name} on ${i.node} crashed ${i.restarts} times while starting; its output is in log/${i.name}.log under BAREKU_HOME on that node (or "bareku logs ${app}")${tail(opts.home, i.name)}`,
+            )
+            .join('\n'),
+        }
+      }
     } catch (err) {
       // The master may be restarting: keep asking until the deadline.
       lastError = (err as Error).message
@@ -498,6 +511,32 @@ export async function waitForDeploy(
   }
   if (lines.length === 0) lines.push('the master never reported the release done')
   return { done: false, why: lines.join('\n') }
+}
+
+/** A release whose instance crashed this many times while starting is given up at once. */
+const CRASHES_TO_GIVE_UP = 3
+
+/**
+ * The instances of `version` that their node restarted CRASHES_TO_GIVE_UP times (the worker's
+ * count, from the master's ps): waiting out the deploy timeout would only repeat the crash.
+ */
+async function crashLoops(call: Call, app: string, version: number): Promise<PsEntry[]> {
+  const ps = (await call('ps', { app })) as PsEntry[]
+  return ps.filter(
+    (i) => i.release === version && i.state !== 'ready' && (i.restarts ?? 0) >= CRASHES_TO_GIVE_UP,
+  )
+}
+
+/** The last lines of an instance's log when it is on this machine (a one-node install). */
+function tail(home: string | undefined, name: string): string {
+  if (home === undefined) return ''
+  try {
+    const text = readFileSync(join(home, 'log', `${name}.log`), 'utf8')
+    const lines = text.trimEnd().split('\n').slice(-5)
+    return `; its last lines:\n${lines.map((l) => `  ${l}`).join('\n')}`
+  } catch {
+    return ''
+  }
 }
 
 interface ReleaseEntry {
@@ -628,6 +667,7 @@ export async function deploy(s: HookSettings, ctx: PushContext, update: RefUpdat
       timeoutMs: s.deployTimeoutMs,
       pollMs: s.pollMs,
       appWord,
+      home: s.home,
     })
     if (!result.done) {
       for (const line of result.why.split('\n')) out.warn(line)

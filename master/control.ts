@@ -249,6 +249,15 @@ function reportedState(
   return best
 }
 
+/** How often the node restarted this instance's release (crashes), as its worker counts. */
+function reportedRestarts(report: NodeReport | undefined, name: string, release: number): number {
+  let most = 0
+  for (const i of report?.instances ?? []) {
+    if (i.name.split('~')[0] === name && i.release === release) most = Math.max(most, i.restarts)
+  }
+  return most
+}
+
 /** Each desired instance of the app with where it runs and its state. */
 function instancesOf(app: App, ctx: CommandContext) {
   const release = currentRelease(app)
@@ -272,6 +281,8 @@ function instancesOf(app: App, ctx: CommandContext) {
         port: slot?.port ?? null,
         release: slot?.release ?? release.version,
         state,
+        restarts:
+          slot && node ? reportedRestarts(ctx.reports.get(node.name), name, slot.release) : 0,
         ...(state === 'unplaced' ? { reason: unplaced.get(name) ?? 'not placed yet' } : {}),
       })
     }

@@ -178,21 +178,24 @@ t.test('git push deploys, redeploys, and rejects what does not build or run', as
     t.equal(await answer(master, 'shop', 2), 'hello v2\n')
   })
 
-  t.test('an app that never gets ready: rolled back, v2 keeps answering', async (t) => {
-    await commitAll(work, 'crashes', {
-      Procfile: 'web: /usr/bin/python3 -c "import sys; sys.exit(3)"\n',
-    })
-    const r = await push(work, repo, 'master', { env })
-    t.not(r.code, 0, show(r))
-    const text = remoteLines(r).join('\n')
-    t.match(text, '-----> Deploying v3')
-    t.match(text, /node \S+ \(127\.0\.0\.1\) has 0 of 1 instances of v3 ready/)
-    t.match(text, 'log/shop.web.1.log')
-    t.match(text, 'rolled back to v2 (as v4)')
-    const info = (await master.call('apps:info', { name: 'shop' })) as { release: number }
-    t.equal(info.release, 4)
-    t.equal(await answer(master, 'shop', 4), 'hello v2\n')
-  })
+  t.test(
+    'an app that crashes at start: given up early, rolled back, v2 keeps answering',
+    async (t) => {
+      await commitAll(work, 'crashes', {
+        Procfile: 'web: /usr/bin/python3 -c "import sys; sys.exit(3)"\n',
+      })
+      const r = await push(work, repo, 'master', { env })
+      t.not(r.code, 0, show(r))
+      const text = remoteLines(r).join('\n')
+      t.match(text, '-----> Deploying v3')
+      t.match(text, /shop\.web\.1 on \S+ crashed \d+ times while starting/)
+      t.match(text, 'log/shop.web.1.log')
+      t.match(text, 'rolled back to v2 (as v4)')
+      const info = (await master.call('apps:info', { name: 'shop' })) as { release: number }
+      t.equal(info.release, 4)
+      t.equal(await answer(master, 'shop', 4), 'hello v2\n')
+    },
+  )
 
   t.test('a release command gates the rollout', async (t) => {
     await commitAll(work, 'release fails', {
