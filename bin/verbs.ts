@@ -234,7 +234,9 @@ export const VERBS: Record<string, Verb> = {
     usage: 'ps APP [--json]',
     app: true,
     run: (ctx) => call(ctx, 'ps', { app: ctx.app }),
-    text: (r) => table(asRows(r), ['name', 'node', 'port', 'release', 'state']) || 'no processes\n',
+    text: (r) =>
+      table(asRows(r), ['name', 'node', 'port', 'release', 'state', 'restarts']) ||
+      'no processes\n',
   },
   'ps:scale': {
     summary: 'set how many processes of each type run',
