@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process'
 import { readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { barekuBin, makeWorkTree, push, runGit } from '../test/helpers/git.js'
+import { BAREKU_BIN, makeWorkTree, push, runGit } from '../test/helpers/git.js'
 import { createRepo, shellQuote } from './repo.js'
 import { addKey, authorizedKeysPath, listKeys, parseGitCommand, removeKey } from './ssh.js'
 
@@ -105,7 +105,7 @@ t.test('addKey, listKeys, removeKey', async (t) => {
 t.test('gitShell behind a fake ssh: fetch and push allowed, anything else refused', async (t) => {
   const dir = t.testdir()
   const home = join(dir, 'home')
-  const bin = barekuBin(dir)
+  const bin = BAREKU_BIN
   await createRepo(home, 'shop', { bin })
   // A pre-receive that accepts and says who pushed, instead of the real build.
   writeFileSync(

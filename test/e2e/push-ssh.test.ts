@@ -18,7 +18,7 @@ import { createRepo } from '../../hooks/repo.js'
 import { addKey, authorizedKeysPath } from '../../hooks/ssh.js'
 import { startMaster, startNode, until } from '../helpers/cluster.js'
 import {
-  barekuBin,
+  BAREKU_BIN,
   killInstances,
   removeDir,
   uniqueDir,
@@ -69,7 +69,7 @@ t.test(
       BAREKU_WEB_PORTS: `${PORT_BASE}-${PORT_BASE + 99}`,
     })
     await startNode(t, home, master.control, { BAREKU_WORKER_STOP_ON_EXIT: '1' })
-    const bin = barekuBin(dir)
+    const bin = BAREKU_BIN
     await master.call('apps:create', { name: 'shop' })
     await master.call('config:set', { app: 'shop', vars: { BAREKU_E2E: id } })
     await createRepo(home, 'shop', { bin, master: master.control })

@@ -18,7 +18,7 @@ import t from 'tap'
 import { createRepo } from '../../hooks/repo.js'
 import { startMaster, startNode, until, type MasterProc } from '../helpers/cluster.js'
 import {
-  barekuBin,
+  BAREKU_BIN,
   killInstances,
   removeDir,
   uniqueDir,
@@ -76,7 +76,7 @@ t.test('git push deploys, redeploys, and rejects what does not build or run', as
     BAREKU_MASTER_REPUBLISH_MS: '500',
   })
   await startNode(t, home, master.control, { BAREKU_WORKER_STOP_ON_EXIT: '1' })
-  const bin = barekuBin(dir)
+  const bin = BAREKU_BIN
   await master.call('apps:create', { name: 'shop' })
   await master.call('config:set', { app: 'shop', vars: { BAREKU_E2E: id } })
   const repo = await createRepo(home, 'shop', { bin, master: master.control })

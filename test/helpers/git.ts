@@ -1,8 +1,7 @@
 /**
  * @module Real git in tests: a work tree made from files (or a fixture app), committed with a
  * local user.name/email, pushed with the real git client; and the `bareku` command the hooks and
- * forced ssh commands run (bin/bareku, or a shim in the test dir while bin/bareku does not yet
- * dispatch `hook` and `git-shell`).
+ * forced ssh commands run.
  */
 import { spawn } from 'node:child_process'
 import {
@@ -114,52 +113,8 @@ export function remoteLines(r: GitResult): string[] {
     .map((l) => l.slice('remote: '.length).replace(/\s+$/, ''))
 }
 
-/** True once bin/bareku dispatches `hook pre-receive` and `git-shell` (the lead wires them). */
-export function binDispatchesHooks(): boolean {
-  const text = readFileSync(join(REPO, 'bin/bareku.ts'), 'utf8')
-  return text.includes("'hook'") && text.includes("'git-shell'")
-}
-
-/**
- * The `bareku` command for hooks and forced commands: bin/bareku when it dispatches them, else a
- * shim written into `dir` that runs hooks/receive.ts main and hooks/ssh.ts gitShell itself and
- * hands every other command to bin/bareku.
- */
-export function barekuBin(dir: string): string {
-  const bin = join(REPO, 'bin/bareku')
-  if (binDispatchesHooks()) return bin
-  const loader = join(REPO, 'node_modules/tsx/dist/loader.mjs')
-  const entry = join(dir, 'bareku-hooks-entry.mjs')
-  writeFileSync(
-    entry,
-    `const [which, ...args] = process.argv.slice(2)
-const receive = ${JSON.stringify(join(REPO, 'hooks/receive.ts'))}
-const ssh = ${JSON.stringify(join(REPO, 'hooks/ssh.ts'))}
-try {
-  if (which === 'hook') await (await import(receive)).main(args)
-  else await (await import(ssh)).gitShell(args)
-} catch (err) {
-  if (err?.name !== 'AppError') throw err
-  process.stderr.write('bareku: ' + err.message + '\\n')
-  process.exit(1)
-}
-`,
-  )
-  const shim = join(dir, 'bareku-shim')
-  writeFileSync(
-    shim,
-    `#!/usr/bin/env bash
-# test shim: bin/bareku does not dispatch hook/git-shell yet
-set -o errexit -o nounset -o pipefail
-case "\${1:-}" in
-  hook|git-shell) exec node --import '${loader}' '${entry}' "$@" ;;
-  *) exec '${bin}' "$@" ;;
-esac
-`,
-    { mode: 0o755 },
-  )
-  return shim
-}
+/** The `bareku` command that hooks and forced ssh commands run. */
+export const BAREKU_BIN = join(REPO, 'bin/bareku')
 
 /** A tiny web app for the Procfile buildpack: python3's stdlib only, answering `text` on $PORT. */
 export function webApp(text: string): Files {
