@@ -3,7 +3,7 @@
  * code print their message (which names the fix) and exit 1; anything else is a crash.
  */
 import { isAppError } from '../lib/errors.js'
-import { parseVerbArgs, VERBS } from './verbs.js'
+import { parseVerbArgs, VERBS, waitForProcesses } from './verbs.js'
 
 const DAEMONS = `daemons (one per machine role; 'bareku DAEMON --help' lists its settings):
   up                       a whole one-node Bareku in the foreground (master, worker, client,
@@ -70,6 +70,7 @@ async function run(argv: string[]): Promise<void> {
   const result = await verb.run(ctx)
   if (ctx.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
   else process.stdout.write(verb.text ? verb.text(result, ctx) : `${JSON.stringify(result)}\n`)
+  if (verb.wait && !ctx.json && !ctx.flags.has('--no-wait')) await waitForProcesses(ctx)
 }
 
 run(process.argv.slice(2)).catch((err: unknown) => {

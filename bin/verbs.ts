@@ -40,6 +40,49 @@ export interface Verb {
   run(ctx: VerbContext): Promise<unknown>
   /** Text form of the result; the JSON form is the result itself. */
   text?(result: unknown, ctx: VerbContext): string
+  /** After it, show each process of the app as it becomes ready (text mode, unless --no-wait). */
+  wait?: boolean
+}
+
+interface PsRow {
+  name: string
+  node: string | null
+  port: number | null
+  release: number
+  state: string
+  restarts?: number
+}
+
+/**
+ * Polls `ps` and prints each process as it becomes ready, until all are (resolves) or
+ * `timeoutMs` passes (throws E_APP naming the ones that are not, and where their logs are).
+ */
+export async function waitForProcesses(ctx: VerbContext, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  const shown = new Set<string>()
+  let rows: PsRow[]
+  for (;;) {
+    rows = (await call(ctx, 'ps', { app: ctx.app })) as PsRow[]
+    for (const r of rows) {
+      const key = `${r.name}@${r.release}:${r.port ?? ''}`
+      if (r.state === 'ready' && !shown.has(key)) {
+        shown.add(key)
+        ctx.out.write(
+          `       ${r.name} (v${r.release} on ${r.node ?? '?'}${r.port ? `, port ${r.port}` : ''}) - ready\n`,
+        )
+      }
+    }
+    if (rows.every((r) => r.state === 'ready')) return
+    if (Date.now() > deadline) break
+    await new Promise((resolve) => setTimeout(resolve, 250))
+  }
+  const stuck = rows
+    .filter((r) => r.state !== 'ready')
+    .map((r) => `${r.name} is ${r.state}${r.restarts ? ` after ${r.restarts} restarts` : ''}`)
+  throw new AppError(
+    'E_APP',
+    `not every process of ${ctx.app} is ready after ${timeoutMs / 1000} s: ${stuck.join('; ')}; see "bareku logs ${ctx.app}" and "bareku ps ${ctx.app}" (--no-wait skips this wait)`,
+  )
 }
 
 /** Splits argv into the common options and the verb's own. */
@@ -213,6 +256,7 @@ export const VERBS: Record<string, Verb> = {
     summary: 'set config vars (makes a new release)',
     usage: 'config:set APP KEY=VALUE ...',
     app: true,
+    wait: true,
     run: (ctx) =>
       call(ctx, 'config:set', { app: ctx.app, vars: parseAssignments(ctx.rest, 'DEBUG=1') }),
     text: (_r, ctx) =>
@@ -222,6 +266,7 @@ export const VERBS: Record<string, Verb> = {
     summary: 'remove config vars (makes a new release)',
     usage: 'config:unset APP KEY ...',
     app: true,
+    wait: true,
     run: (ctx) => {
       if (ctx.rest.length === 0)
         throw new AppError('E_CONFIG', 'name the vars: config:unset APP KEY ...')
@@ -242,6 +287,7 @@ export const VERBS: Record<string, Verb> = {
     summary: 'set how many processes of each type run',
     usage: 'ps:scale APP TYPE=N ...   (e.g. web=3 worker=1)',
     app: true,
+    wait: true,
     run: (ctx) => call(ctx, 'ps:scale', { app: ctx.app, formation: parseFormation(ctx.rest) }),
     text: (_r, ctx) => `-----> Scaled ${ctx.app} to ${ctx.rest.join(' ')}\n`,
   },
@@ -249,6 +295,7 @@ export const VERBS: Record<string, Verb> = {
     summary: "restart an app's processes (all, or one type), new before old",
     usage: 'ps:restart APP [TYPE]',
     app: true,
+    wait: true,
     run: (ctx) =>
       call(ctx, 'ps:restart', { app: ctx.app, ...(ctx.rest[0] ? { type: ctx.rest[0] } : {}) }),
     text: (_r, ctx) => `-----> Restarting ${ctx.rest[0] ?? 'all'} processes of ${ctx.app}\n`,
@@ -270,6 +317,7 @@ export const VERBS: Record<string, Verb> = {
     summary: 'go back to an earlier release (no rebuild; makes a new release)',
     usage: 'rollback APP vN',
     app: true,
+    wait: true,
     run: (ctx) => {
       const m = /^v?([0-9]+)$/.exec(ctx.rest[0] ?? '')
       if (!m)

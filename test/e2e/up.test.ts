@@ -80,6 +80,13 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
     ['ready'],
   )
 
+  // A scale shows each process as it becomes ready, then returns.
+  const scaled = await run(BAREKU, ['ps:scale', 'hello', 'web=2'], { env: cli })
+  t.match(scaled.stdout, /Scaled hello to web=2/)
+  t.match(scaled.stdout, /hello\.web\.2 \(v1 on \S+, port \d+\) - ready/, 'progress of the scale')
+  const set = await run(BAREKU, ['config:set', 'hello', 'GREETING=hi'], { env: cli })
+  t.match(set.stdout, /hello\.web\.1 \(v2 on [^)]+\) - ready/, 'a config change rolls out v2')
+
   // Ctrl-C: everything stops, the app too.
   proc.child.kill('SIGINT')
   t.equal(await proc.exited, 0, 'up exits 0')
