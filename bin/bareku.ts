@@ -62,12 +62,15 @@ async function run(argv: string[]): Promise<void> {
     process.exitCode = 2
     return
   }
-  if (args.includes('--help') || args.includes('-h')) {
+  // What follows "--" is the command of `run`, whose own -h is not ours.
+  const ours = args.includes('--') ? args.slice(0, args.indexOf('--')) : args
+  if (ours.includes('--help') || ours.includes('-h')) {
     process.stdout.write(`usage: bareku ${verb.usage}\n\n${verb.summary}\n`)
     return
   }
   const ctx = parseVerbArgs(verb, args, process.env)
   const result = await verb.run(ctx)
+  if (verb.printsItself) return
   if (ctx.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
   else process.stdout.write(verb.text ? verb.text(result, ctx) : `${JSON.stringify(result)}\n`)
   if (verb.wait && !ctx.json && !ctx.flags.has('--no-wait')) await waitForProcesses(ctx)

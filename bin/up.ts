@@ -36,8 +36,9 @@ Ctrl-C stops everything, apps included; the next 'bareku up' starts them again.
 options and settings:
   --port PORT        the frontend's port on 127.0.0.1 (BAREKU_PORT, default 8080)
   --home DIR         state directory (BAREKU_HOME, default /var/lib/bareku as root, else ~/.bareku)
-  BAREKU_MASTER_CONTROL, BAREKU_MASTER_PUBLISH, BAREKU_MASTER_STATS, BAREKU_MASTER_SLUGS
-                     the master's endpoints (default tcp://127.0.0.1:7070 to 7073)
+  BAREKU_MASTER_CONTROL, BAREKU_MASTER_PUBLISH, BAREKU_MASTER_STATS, BAREKU_MASTER_SLUGS,
+  BAREKU_MASTER_LOGS
+                     the master's endpoints (default tcp://127.0.0.1:7070 to 7074)
 `
 
 /** The master's endpoints (its ready line) and the settings that name them. */
@@ -46,6 +47,7 @@ const MASTER_ENDPOINTS = {
   publish: 'BAREKU_MASTER_PUBLISH',
   stats: 'BAREKU_MASTER_STATS',
   slugs: 'BAREKU_MASTER_SLUGS',
+  logs: 'BAREKU_MASTER_LOGS',
 } as const
 
 interface UpOptions {

@@ -14,6 +14,8 @@ import { join } from 'node:path'
 import { createRepo, destroyRepo } from '../hooks/repo.js'
 import { addKey, listKeys, removeKey } from '../hooks/ssh.js'
 import { callMaster } from '../lib/cluster/control-client.js'
+import { logsVerb } from './logs.js'
+import { runVerb } from './run.js'
 import { AppError } from '../lib/errors.js'
 
 /** The options every verb takes, parsed off its arguments. */
@@ -40,6 +42,8 @@ export interface Verb {
   run(ctx: VerbContext): Promise<unknown>
   /** Text form of the result; the JSON form is the result itself. */
   text?(result: unknown, ctx: VerbContext): string
+  /** It writes its own output (logs, run): nothing is printed after it. */
+  printsItself?: boolean
   /** After it, show each process of the app as it becomes ready (text mode, unless --no-wait). */
   wait?: boolean
 }
@@ -400,6 +404,8 @@ export const VERBS: Record<string, Verb> = {
     },
     text: (_r, ctx) => `-----> Removed key ${ctx.rest[0]}\n`,
   },
+  logs: logsVerb,
+  run: runVerb,
   nodes: {
     summary: 'the nodes, their status and load',
     usage: 'nodes [--json]',

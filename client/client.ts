@@ -8,6 +8,7 @@
  *       render (render.ts) -> worker.json, replaced atomically only when its instances change
  *   stats <--PUSH (sendTimeout 0, linger 0, immediate)-- node report every REPORT_MS and soon
  *       after a change (worker.json applied, errors, run/status.json rewritten by the worker)
+ *   logs  <--DEALER-- the instances' log lines (logs.ts), when the master names a logs endpoint
  *
  * A publication is applied only if it is newer (epoch, seq) than the last one seen, starting
  * from the epoch and seq in worker.json, so a restarted client never goes back. A republish of
@@ -50,6 +51,7 @@ import {
 } from '../lib/protocol/node-report.js'
 import { unpackSlug } from '../lib/slug/unpack.js'
 import type { ClientSettings } from './config.js'
+import { startLogShipper } from './logs.js'
 import { renderHost } from './render.js'
 import { fetchSlug } from './slug-fetch.js'
 
@@ -168,10 +170,12 @@ export async function startClient(settings: ClientSettings, log: Logger): Promis
   // dropped report, never a backlog of stale ones.
   const push = new Push({ linger: 0, sendTimeout: 0, immediate: true, sendHighWaterMark: 16 })
   sub.subscribe(topicFrame(node))
+  const logShipper = startLogShipper({ home, node, workerConfig }, log)
 
   // --- finding the master -------------------------------------------------------------------
 
   function connectTo(next: MasterEndpoints): void {
+    logShipper.connect(next.logs)
     const prev = endpoints
     if (prev && prev.publish === next.publish && prev.stats === next.stats) {
       endpoints = next
@@ -488,7 +492,7 @@ export async function startClient(settings: ClientSettings, log: Logger): Promis
       await watcher.close()
       sub.close()
       push.close()
-      await Promise.all([applying, receiving])
+      await Promise.all([applying, receiving, logShipper.close()])
     },
   }
 }

@@ -5,6 +5,7 @@
  *   BAREKU_FRONTEND_CONFIG   path to a .conf (m2sh) or .json route table (or --config FILE)
  *   BAREKU_MASTER            without a file: follow this master's route table (or --master)
  *   BAREKU_FRONTEND_LISTEN   host:port to listen on instead of the server's bind_addr/port
+ *   BAREKU_FRONTEND_REPORT_MS  master mode: period of the deploy status report (default 1000)
  *                            (port 0 picks a free one; the ready log line says which)
  *   BAREKU_FRONTEND_SERVER   which server of the config to run (default: all of them)
  *   LOG_LEVEL                fatal, error, warn, info (default), debug, trace, silent
@@ -31,6 +32,8 @@ export interface FrontendConfig {
   /** Run only this server of the config. */
   server?: string
   logLevel: LevelWithSilent
+  /** How often the deploy status goes to the master (master mode), ms. */
+  reportMs: number
 }
 
 export const USAGE = `usage: bareku frontend --config FILE
@@ -49,6 +52,7 @@ settings (environment):
   BAREKU_HOME              state directory: run/frontend-routes.json caches the master's table
                            (default: /var/lib/bareku as root, else ~/.bareku)
   BAREKU_FRONTEND_LISTEN   host:port to listen on instead of the config's bind_addr/port
+  BAREKU_FRONTEND_REPORT_MS  with a master: deploy status report period, ms (default 1000)
                            (default: the config's, or 127.0.0.1:8080 with a master; port 0
                            picks a free port)
   BAREKU_FRONTEND_SERVER   run only the server of that name (default: every server)
@@ -126,6 +130,7 @@ function masterConfig(env: NodeJS.ProcessEnv, flag: string | undefined): Fronten
     listen,
     server: MASTER_SERVER,
     logLevel: parseLevel(env.LOG_LEVEL),
+    reportMs: reportMs(env),
   })
 }
 
@@ -143,7 +148,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, args: string[]): FrontendConf
   }
   if (!file) return masterConfig(env, master)
   const routes = loadRouteFile(file)
-  const config: FrontendConfig = { file, routes, logLevel: parseLevel(env.LOG_LEVEL) }
+  const config: FrontendConfig = {
+    file,
+    routes,
+    logLevel: parseLevel(env.LOG_LEVEL),
+    reportMs: reportMs(env),
+  }
   if (env.BAREKU_FRONTEND_LISTEN) config.listen = parseListen(env.BAREKU_FRONTEND_LISTEN)
   if (env.BAREKU_FRONTEND_SERVER) {
     config.server = env.BAREKU_FRONTEND_SERVER
@@ -161,4 +171,17 @@ export function loadConfig(env: NodeJS.ProcessEnv, args: string[]): FrontendConf
     )
   }
   return Object.freeze(config)
+}
+
+/** BAREKU_FRONTEND_REPORT_MS: the period of the deploy status report to the master. */
+function reportMs(env: NodeJS.ProcessEnv): number {
+  const raw = env.BAREKU_FRONTEND_REPORT_MS ?? '1000'
+  const n = Number(raw)
+  if (!/^[0-9]+$/.test(raw) || n < 10) {
+    throw new AppError(
+      'E_CONFIG',
+      `BAREKU_FRONTEND_REPORT_MS must be a whole number of milliseconds, 10 or more, got "${raw}" (e.g. 1000)`,
+    )
+  }
+  return n
 }

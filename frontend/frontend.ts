@@ -5,7 +5,7 @@
 import { compileRoutes } from '../lib/config/match.js'
 import type { RouteTable, ServerSpec } from '../lib/config/routes.js'
 import type { Logger } from '../lib/log.js'
-import { startHttpServer, type HttpServer } from './http.js'
+import { startHttpServer, type AppReleases, type HttpServer } from './http.js'
 import { limitsFromSettings } from './limits.js'
 
 export interface FrontendOptions {
@@ -22,6 +22,10 @@ export interface Frontend {
   endpoints: FrontendEndpoints
   /** Client connections in flight, over all servers. */
   connections(): number
+  /** Apps with releases side by side (a deploy), over all servers. */
+  status(): AppReleases[]
+  /** Called, coalesced, whenever status() may have changed. */
+  onStatus: (() => void) | undefined
   /**
    * Applies a new route table (SIGHUP reload, or the master's table): each running server takes
    * its new hosts, routes and handlers; servers added or removed, and listen addresses, need a
@@ -34,6 +38,8 @@ export interface Frontend {
 export async function startFrontend(opts: FrontendOptions, log: Logger): Promise<Frontend> {
   const limits = limitsFromSettings(opts.routes.settings)
   const servers: { name: string; spec: ServerSpec; http: HttpServer }[] = []
+  // Set by the caller after start (main.ts: the master report), read on every status change.
+  const hooks: { onStatus?: () => void } = {}
   try {
     for (const server of opts.routes.servers) {
       if (opts.server !== undefined && server.name !== opts.server) continue
@@ -45,6 +51,7 @@ export async function startFrontend(opts: FrontendOptions, log: Logger): Promise
         limits,
         listen: opts.listen,
         log: log.child({ server: server.name }),
+        onStatus: () => hooks.onStatus?.(),
       })
       servers.push({ name: server.name, spec: server, http })
     }
@@ -57,6 +64,13 @@ export async function startFrontend(opts: FrontendOptions, log: Logger): Promise
   })
   return {
     endpoints: endpoints(),
+    get onStatus() {
+      return hooks.onStatus
+    },
+    set onStatus(fn) {
+      hooks.onStatus = fn
+    },
+    status: () => servers.flatMap((s) => s.http.status()),
     async reload(routes) {
       const restartNeeded: string[] = []
       for (const s of servers) {

@@ -19,6 +19,22 @@ export interface HandlerSocketEvents {
   onReply(msg: Buffer): void
   /** The number of connected handler processes went from 0 to 1 or more. */
   onReady(): void
+  /**
+   * Requests (by the id given to send) that a handler took and can no longer answer: its
+   * connection closed and it died (see zmtp-socket.ts). Only the native ZMTP socket knows.
+   */
+  onLost?(ids: number[]): void
+  /** The number of connected handler processes (both ways) changed. */
+  onPeers?(count: number): void
+}
+
+/** Options shared by both handler socket kinds. */
+export interface HandlerSocketOptions {
+  /**
+   * How long a request taken by a handler whose PULL connection closed may still be answered
+   * (the handler may be draining) before it counts as lost, ms. Default 5000.
+   */
+  lostGraceMs?: number
 }
 
 export class HandlerSocket {
@@ -58,9 +74,19 @@ export class HandlerSocket {
     return this.pullPeers > 0 && this.pubPeers > 0
   }
 
+  /** Handler processes connected both ways (as far as the counts tell). */
+  get peerCount(): number {
+    return Math.min(this.pullPeers, this.pubPeers)
+  }
+
+  /** libzmq does not say which peer took a request, so nothing is tracked: a no-op. */
+  settle(_id: number): void {}
+
   private changed(update: () => void): void {
     const was = this.ready
+    const peers = this.peerCount
     update()
+    if (peers !== this.peerCount) this.events.onPeers?.(this.peerCount)
     if (was === this.ready) return
     if (this.ready) {
       this.log.info({ send: this.sendEndpoint, recv: this.recvEndpoint }, 'handler connected')
@@ -81,7 +107,7 @@ export class HandlerSocket {
   }
 
   /** Queues a request message; sends at once when a handler is connected. */
-  send(msg: Buffer): void {
+  send(msg: Buffer, _id = 0): void {
     this.queue.push(msg)
     if (!this.sending) void this.pump()
   }

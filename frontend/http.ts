@@ -15,7 +15,17 @@
 import { closeSync, openSync, unlinkSync, writeSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import type { DirTarget, HandlerTarget, ProxyTarget, ServerSpec } from '../lib/config/routes.js'
+import {
+  leafTargets,
+  type DirTarget,
+  type HandlerTarget,
+  type HealthCheck,
+  type ProxyTarget,
+  type ReleaseTarget,
+  type ReleasesTarget,
+  type ServerSpec,
+  type Target,
+} from '../lib/config/routes.js'
 import type { Matcher } from '../lib/config/match.js'
 import type { Logger } from '../lib/log.js'
 import { isAppError } from '../lib/errors.js'
@@ -58,6 +68,18 @@ interface Route {
   socket: HandlerSocket | ZmtpHandlerSocket
   /** Requests waiting for a handler to connect. */
   held: Set<HttpConn>
+  /** One release of an app in a deploy: its requests finishing matter to the drain status. */
+  release: boolean
+  /** When an older release's WebSockets are closed (going away). */
+  wsDeadline?: NodeJS.Timeout
+}
+
+/** An app's releases side by side, as the frontend sees them (lib/protocol/frontend-report.ts). */
+export interface AppReleases {
+  app: string
+  /** The release new requests go to. */
+  serving: number
+  releases: { release: number; ready: boolean; inFlight: number; drained: boolean }[]
 }
 
 interface HttpConn {
@@ -70,6 +92,12 @@ interface HttpConn {
   /** The request message is out (or held); a client abort then owes the handler a notice. */
   sent: boolean
   done: boolean
+  /** Some reply bytes came: the request can no longer be sent to another handler. */
+  replied: boolean
+  /** The request message again, under the conn's current id: only for idempotent requests. */
+  again?: () => Buffer
+  /** Already sent to a second handler after the first died with it. */
+  retried: boolean
   head?: ResponseHead
   /** A held request's message and its deadline. */
   held?: { msgs: Buffer[]; timer: NodeJS.Timeout }
@@ -101,7 +129,30 @@ interface WsConn {
   closing: boolean
 }
 
-type Conn = HttpConn | WsConn
+/** A health check request the frontend itself sends through a handler (a release's check). */
+interface ProbeConn {
+  kind: 'probe'
+  id: number
+  route: Route
+  check: HealthCheck
+  parser: ResponseParser
+  status: number
+  text: string
+  timer: NodeJS.Timeout
+  settle(ok: boolean, why: string): void
+}
+
+type Conn = HttpConn | WsConn | ProbeConn
+
+/** A release's health check through its handlers, and how it went so far. */
+interface Health {
+  check: HealthCheck
+  state: 'checking' | 'healthy' | 'failed'
+  failures: number
+  probing: boolean
+  /** The pause before the next attempt. */
+  timer?: NodeJS.Timeout
+}
 
 interface WsData {
   id: number
@@ -135,6 +186,8 @@ export interface HttpServerOptions {
   /** Host and port to listen on, overriding the server's bind_addr and port (tests use port 0). */
   listen?: { host: string; port: number }
   log: Logger
+  /** Called when what status() says may have changed (a release ready or drained). */
+  onStatus?: () => void
 }
 
 export interface HttpServer {
@@ -143,6 +196,8 @@ export interface HttpServer {
   handlers(): { sendIdent: string; sendSpec: string; recvSpec: string }[]
   /** Open client connections known to the frontend (HTTP requests in flight and WebSockets). */
   connections(): number
+  /** The releases of each app deploying through this server (routes of kind 'releases'). */
+  status(): AppReleases[]
   /**
    * Switches to a new config of this server (a reload, or a route table from the master): new
    * handlers are bound first, then requests route by the new table, then handlers no longer
@@ -161,12 +216,22 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   let mimetypes = opts.mimetypes
   const conns = new ConnTable<Conn>()
   const routes = new Map<string, Route>()
+  let closed = false
 
   /** Binds the sockets of every handler in `spec` not bound yet; returns the keys `spec` uses. */
   async function bindHandlers(spec: ServerSpec): Promise<Set<string>> {
     const used = new Set<string>()
+    const inReleases = new Set(
+      spec.hosts.flatMap((h) =>
+        Object.values(h.routes)
+          .filter((t) => t.kind === 'releases')
+          .flatMap(leafTargets)
+          .flatMap((t) => (t.kind === 'handler' ? [routeKey(t)] : [])),
+      ),
+    )
+    for (const route of routes.values()) route.release = inReleases.has(routeKey(route.target))
     for (const host of spec.hosts) {
-      for (const target of Object.values(host.routes)) {
+      for (const target of Object.values(host.routes).flatMap(leafTargets)) {
         if (target.kind !== 'handler') continue
         const key = routeKey(target)
         used.add(key)
@@ -175,14 +240,24 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
           target,
           socket: undefined as unknown as ZmtpHandlerSocket,
           held: new Set(),
+          release: inReleases.has(key),
         }
         // ZMTP spoken on the event loop by default: half the CPU per request of going through
         // libzmq's I/O thread; `frontend.zmtp: 'libzmq'` for handlers on ZMTP 1.0/2.0 (libzmq < 4).
         const Socket = limits.zmtp === 'libzmq' ? HandlerSocket : ZmtpHandlerSocket
         route.socket = new Socket(
           target,
-          { onReply: (msg) => onReply(route, msg), onReady: () => flushHeld(route) },
+          {
+            onReply: (msg) => onReply(route, msg),
+            onReady: () => flushHeld(route),
+            onLost: (ids) => onLost(route, ids),
+            onPeers: (peers) => {
+              log.info({ handler: target.sendIdent, peers }, 'handler peers')
+              statusChanged()
+            },
+          },
           log.child({ handler: target.sendIdent }),
+          { lostGraceMs: limits.handlerLostGrace },
         )
         await route.socket.bind()
         routes.set(key, route)
@@ -196,8 +271,35 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     for (const conn of route.held) {
       if (conn.done || !conn.held) continue
       finish(conn)
-      fail(conn.res, 503, [['Retry-After', '5']])
+      fail(conn.res, 503, RETRY_AFTER, 'This route was removed while the request waited; retry.')
     }
+    // A release leaves the table once the frontend reported it drained, so this is rare: a
+    // request that went to it after all cannot be answered once its sockets close.
+    for (const [key, h] of health) {
+      if (!key.startsWith(`${routeKey(route.target)}\n`)) continue
+      clearTimeout(h.timer)
+      health.delete(key)
+    }
+    for (const conn of [...conns.values()]) {
+      if (conn.route !== route) continue
+      if (conn.kind === 'probe') {
+        conn.settle(false, 'the release was retired')
+        continue
+      }
+      if (conn.kind === 'ws') {
+        if (conn.ws && !conn.closing) {
+          conn.closing = true
+          conn.ws.end(1001, 'going away')
+        }
+        conns.delete(conn.id)
+        continue
+      }
+      if (conn.done) continue
+      finish(conn)
+      if (conn.replied) conn.res.close()
+      else fail(conn.res, 503, RETRY_AFTER, 'This release was retired during the request; retry.')
+    }
+    clearTimeout(route.wsDeadline)
     route.socket.close()
     log.info({ handler: route.target.sendIdent }, 'handler removed')
   }
@@ -208,6 +310,37 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 
   function notice(route: Route, id: number): void {
     route.socket.send(encodeDisconnect(route.target.sendIdent, id, route.target.protocol))
+  }
+
+  /**
+   * Requests a dead handler took and never answered: an idempotent one that got no reply byte
+   * goes to another handler (once), anything else gets a 502, or a close once its reply began.
+   */
+  function onLost(route: Route, ids: number[]): void {
+    for (const id of ids) {
+      const conn = conns.get(id)
+      if (conn === undefined || conn.kind !== 'http' || conn.done || conn.route !== route) continue
+      if (conn.replied) {
+        log.warn({ id, handler: route.target.sendIdent }, 'handler died mid-reply, closing')
+        finish(conn)
+        conn.res.close()
+      } else if (conn.again && !conn.retried) {
+        conns.delete(conn.id)
+        conn.id = conns.add(conn)
+        conn.retried = true
+        log.info({ id, retry: conn.id, handler: route.target.sendIdent }, 'retrying a lost request')
+        send(conn, conn.again())
+      } else {
+        log.warn({ id, handler: route.target.sendIdent }, 'handler died before answering: 502')
+        finish(conn)
+        fail(
+          conn.res,
+          502,
+          [],
+          'The handler died before answering. The request was not retried because it is not idempotent (only GET and HEAD without a body are).',
+        )
+      }
+    }
   }
 
   function onReply(route: Route, msg: Buffer): void {
@@ -232,14 +365,15 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         )
         continue
       }
-      if (reply.extended) extended(conn, reply.body)
+      if (conn.kind === 'probe') probeReply(conn, reply.body)
+      else if (reply.extended) extended(conn, reply.body)
       else if (reply.body.length === 0) closeConn(conn)
       else if (conn.kind === 'http') httpReply(conn, reply.body)
       else wsReply(conn, reply.body)
     }
   }
 
-  function extended(conn: Conn, body: Buffer): void {
+  function extended(conn: HttpConn | WsConn, body: Buffer): void {
     try {
       const cmd = parseExtended(body)
       if (
@@ -265,22 +399,29 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 
   function finish(conn: HttpConn): void {
     conn.done = true
+    conn.route.socket.settle(conn.id)
     if (conn.held) clearTimeout(conn.held.timer)
     conn.route.held.delete(conn)
     conns.delete(conn.id)
+    if (conn.route.release) statusChanged()
   }
 
   /** Answers with a short plain-text error of the frontend's own, then closes (as Mongrel2 does). */
-  function fail(res: HttpResponse, status: number, extra: [string, string][] = []): void {
+  function fail(
+    res: HttpResponse,
+    status: number,
+    extra: [string, string][] = [],
+    why?: string,
+  ): void {
     const text = STATUS_TEXT[status] ?? 'Error'
     res.cork(() => {
       res.writeStatus(`${status} ${text}`).writeHeader('Content-Type', 'text/plain')
       for (const [k, v] of extra) res.writeHeader(k, v)
-      res.end(`${text}\n`, true)
+      res.end(why === undefined ? `${text}\n` : `${text}: ${why}\n`, true)
     })
   }
 
-  function closeConn(conn: Conn): void {
+  function closeConn(conn: HttpConn | WsConn): void {
     if (conn.kind === 'ws') {
       if (conn.ws && !conn.closing) {
         conn.closing = true
@@ -306,6 +447,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 
   function httpReply(conn: HttpConn, body: Buffer): void {
     if (conn.done) return
+    conn.replied = true
     let events: ResponseEvent[]
     try {
       events = conn.parser.push(body)
@@ -454,34 +596,282 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 
   // One route (backend pool and health checks) per distinct backend list, kept across reloads.
   const proxyRoutes = new Map<string, ProxyRoute>()
-  const proxyKey = (target: ProxyTarget): string =>
-    target.backends.map((b) => `${b.addr}:${b.port}`).join(' ')
-  function proxyRoute(target: ProxyTarget): ProxyRoute {
-    const key = proxyKey(target)
+  const proxyKey = ({ target, check }: ProxyUse): string =>
+    target.backends.map((b) => `${b.addr}:${b.port}`).join(' ') +
+    (check ? ` ${JSON.stringify(check)}` : '')
+  function proxyRoute(target: ProxyTarget, check?: HealthCheck): ProxyRoute {
+    const key = proxyKey({ target, check })
     let proxy = proxyRoutes.get(key)
     if (!proxy) {
       proxy = createProxyRoute(target, {
         log: log.child({ proxy: key }),
         maxBodyBytes: limits.uploadMax,
+        holdMs: limits.handlerWait,
+        ...(check ? { check } : {}),
       })
+      proxy.onChange = statusChanged
       proxyRoutes.set(key, proxy)
     }
     return proxy
   }
-  function proxyTargets(spec: ServerSpec): ProxyTarget[] {
+  function proxyTargets(spec: ServerSpec): ProxyUse[] {
     return spec.hosts.flatMap((h) =>
-      Object.values(h.routes).filter((t): t is ProxyTarget => t.kind === 'proxy'),
+      Object.values(h.routes).flatMap((t): ProxyUse[] => {
+        if (t.kind === 'proxy') return [{ target: t }]
+        if (t.kind !== 'releases') return []
+        return t.releases.flatMap((r) =>
+          r.target.kind === 'proxy' ? [{ target: r.target, check: r.healthcheck }] : [],
+        )
+      }),
     )
   }
   // Start health checks at once rather than on the first request.
-  for (const target of proxyTargets(server)) proxyRoute(target)
+  for (const use of proxyTargets(server)) proxyRoute(use.target, use.check)
+
+  // ------------------------------------------------------------------ releases (deploys)
+
+  /**
+   * Whether a release can take requests now: minReady handlers connected and its health check
+   * passed through them, or a backend that passed its (health) probe.
+   */
+  function releaseReady(r: ReleaseTarget, minReady: number): boolean {
+    const t = r.target
+    if (t.kind === 'proxy') return proxyRoute(t, r.healthcheck).ready()
+    const route = routes.get(routeKey(t))
+    if (route === undefined || route.socket.peerCount < minReady) return false
+    if (r.healthcheck === undefined) return true
+    const h = healthOf(route, r.healthcheck)
+    if (h.state === 'checking' && !h.probing && h.timer === undefined) probe(route, h)
+    return h.state === 'healthy'
+  }
+
+  /** Whether a release's health check failed for good (it is never routed to). */
+  function releaseFailed(r: ReleaseTarget): boolean {
+    if (r.healthcheck === undefined) return false
+    if (r.target.kind === 'proxy') return proxyRoute(r.target, r.healthcheck).failed()
+    const route = routes.get(routeKey(r.target))
+    return route !== undefined && healthOf(route, r.healthcheck).state === 'failed'
+  }
+
+  const health = new Map<string, Health>()
+  function healthOf(route: Route, check: HealthCheck): Health {
+    const key = `${routeKey(route.target)}\n${JSON.stringify(check)}`
+    let h = health.get(key)
+    if (!h) health.set(key, (h = { check, state: 'checking', failures: 0, probing: false }))
+    return h
+  }
+
+  /** Sends the check's request through the release's handlers, as a client's would go. */
+  function probe(route: Route, h: Health): void {
+    h.probing = true
+    const check = h.check
+    const conn: ProbeConn = {
+      kind: 'probe',
+      id: 0,
+      route,
+      check,
+      parser: new ResponseParser(),
+      status: 0,
+      text: '',
+      timer: setTimeout(
+        () => conn.settle(false, `no answer within ${check.timeoutMs} ms`),
+        check.timeoutMs,
+      ),
+      settle(ok, why) {
+        if (conns.get(conn.id) !== conn) return
+        clearTimeout(conn.timer)
+        conns.delete(conn.id)
+        route.socket.settle(conn.id)
+        h.probing = false
+        const where = { handler: route.target.sendIdent, path: check.path }
+        if (ok) {
+          h.state = 'healthy'
+          log.info(where, 'health check passed')
+        } else if (++h.failures >= check.attempts) {
+          h.state = 'failed'
+          log.error(
+            { ...where, why, attempts: check.attempts },
+            'health check failed, release not routed to',
+          )
+        } else {
+          log.warn({ ...where, why, failures: h.failures }, 'health check attempt failed')
+          h.timer = setTimeout(() => {
+            h.timer = undefined
+            statusChanged()
+          }, check.intervalMs)
+        }
+        statusChanged()
+      },
+    }
+    conn.parser.expect(check.method)
+    conn.id = conns.add(conn)
+    const { path, headers } = buildHeaders(
+      {
+        method: check.method,
+        url: check.path.split('?')[0]!,
+        query: check.path.includes('?') ? check.path.slice(check.path.indexOf('?') + 1) : undefined,
+        headers: [['user-agent', 'bareku-health-check']],
+        remoteAddr: '127.0.0.1',
+      },
+      { pattern: '/', scheme: 'http', noClobberXff: false, maxHeaders: limits.headerCount },
+    )
+    route.socket.send(
+      encodeRequest({
+        sender: route.target.sendIdent,
+        connId: conn.id,
+        path,
+        headers,
+        body: EMPTY,
+        format: route.target.protocol,
+      }),
+      conn.id,
+    )
+  }
+
+  function probeReply(conn: ProbeConn, body: Buffer): void {
+    const check = conn.check
+    let events: ResponseEvent[]
+    try {
+      events = body.length === 0 ? conn.parser.finish() : conn.parser.push(body)
+    } catch (err) {
+      return conn.settle(false, `malformed reply: ${String(err)}`)
+    }
+    for (const ev of events) {
+      if (ev.type === 'head') {
+        conn.status = ev.head.status
+        if (conn.status !== check.status) {
+          return conn.settle(false, `status ${conn.status}, expected ${check.status}`)
+        }
+        if (check.match === undefined) return conn.settle(true, 'ok')
+      } else if (ev.type === 'data' && conn.text.length < 65536) {
+        conn.text += ev.chunk.toString('latin1')
+      } else if (ev.type === 'end') {
+        const ok = conn.text.includes(check.match ?? '')
+        return conn.settle(ok, ok ? 'ok' : `body does not contain ${JSON.stringify(check.match)}`)
+      }
+    }
+    if (body.length === 0) conn.settle(false, 'the handler closed without a full answer')
+  }
+
+  /**
+   * The newest ready release of an app, else its newest whose health check has not failed
+   * (requests then wait for it to be ready).
+   */
+  function serving(rt: ReleasesTarget): ReleaseTarget {
+    let newest: ReleaseTarget | undefined
+    let best: ReleaseTarget | undefined
+    for (const r of rt.releases) {
+      if ((newest === undefined || r.release > newest.release) && !releaseFailed(r)) newest = r
+      if ((best === undefined || r.release > best.release) && releaseReady(r, rt.minReady)) best = r
+    }
+    return best ?? newest ?? rt.releases[0]!
+  }
+
+  function choose(t: Target): HandlerTarget | DirTarget | ProxyTarget {
+    return t.kind === 'releases' ? serving(t).target : t
+  }
+
+  /** Per app with releases side by side: which one serves, and each one's state. */
+  function releaseStatus(): AppReleases[] {
+    const inFlight = new Map<Route, number>()
+    for (const conn of conns.values()) inFlight.set(conn.route, (inFlight.get(conn.route) ?? 0) + 1)
+    const out: AppReleases[] = []
+    const seen = new Set<string>()
+    for (const host of server.hosts) {
+      for (const t of Object.values(host.routes)) {
+        if (t.kind !== 'releases' || seen.has(t.app)) continue
+        seen.add(t.app)
+        const now = serving(t)
+        const releases = t.releases.map((r) => {
+          const busy =
+            r.target.kind === 'proxy'
+              ? proxyRoute(r.target, r.healthcheck).inFlight()
+              : (inFlight.get(routes.get(routeKey(r.target))!) ?? 0)
+          // Older than a release that serves and took over, with nothing left in flight.
+          const drained = r.release < now.release && releaseReady(now, t.minReady) && busy === 0
+          return { release: r.release, ready: releaseReady(r, t.minReady), inFlight: busy, drained }
+        })
+        out.push({ app: t.app, serving: now.release, releases })
+      }
+    }
+    return out
+  }
+
+  /**
+   * WebSockets stay on the release they were opened on. Once a newer release serves, an older
+   * one's get limits.websocket_drain ms more; then they are closed with 1001 (going away), so
+   * that the release drains and its processes can stop. Back to serving: no deadline.
+   */
+  function wsDeadlines(): void {
+    const older = new Set<Route>()
+    for (const host of server.hosts) {
+      for (const t of Object.values(host.routes)) {
+        if (t.kind !== 'releases') continue
+        const now = serving(t)
+        if (!releaseReady(now, t.minReady)) continue
+        for (const r of t.releases) {
+          const route = r.target.kind === 'handler' ? routes.get(routeKey(r.target)) : undefined
+          if (route && r.release < now.release) older.add(route)
+        }
+      }
+    }
+    for (const route of routes.values()) {
+      if (!older.has(route)) {
+        clearTimeout(route.wsDeadline)
+        route.wsDeadline = undefined
+      } else if (route.wsDeadline === undefined) {
+        route.wsDeadline = setTimeout(() => goingAway(route), limits.websocketDrain)
+      }
+    }
+  }
+
+  function goingAway(route: Route): void {
+    let n = 0
+    for (const conn of [...conns.values()]) {
+      if (conn.kind !== 'ws' || conn.route !== route || !conn.ws || conn.closing) continue
+      conn.closing = true
+      conn.ws.end(1001, 'going away: the app was redeployed')
+      notice(route, conn.id)
+      n++
+    }
+    if (n > 0) {
+      log.info(
+        { handler: route.target.sendIdent, websockets: n, afterMs: limits.websocketDrain },
+        'WebSockets of an older release closed (going away)',
+      )
+    }
+  }
+
+  // What was last said about each app's releases, so that changes are logged once.
+  const lastSaid = new Map<string, string>()
+  let statusTimer: NodeJS.Timeout | undefined
+  /** Something a status depends on changed: recompute soon (coalesced), log, tell the caller. */
+  function statusChanged(): void {
+    if (statusTimer !== undefined || closed) return
+    statusTimer = setTimeout(() => {
+      statusTimer = undefined
+      const status = releaseStatus()
+      wsDeadlines()
+      for (const app of status) {
+        for (const r of app.releases) {
+          const key = `${app.app} ${r.release}`
+          const said = r.drained ? 'drained' : r.release === app.serving && r.ready ? 'serving' : ''
+          if (said === (lastSaid.get(key) ?? '')) continue
+          lastSaid.set(key, said)
+          if (said === 'serving') log.info({ app: app.app, release: r.release }, 'release serving')
+          if (said === 'drained') log.info({ app: app.app, release: r.release }, 'release drained')
+        }
+      }
+      opts.onStatus?.()
+    }, STATUS_COALESCE_MS)
+  }
 
   // ------------------------------------------------------------------ client -> handler
 
   function send(conn: HttpConn, msg: Buffer): void {
     conn.sent = true
     if (conn.route.socket.ready && !conn.held) {
-      conn.route.socket.send(msg)
+      conn.route.socket.send(msg, conn.id)
       return
     }
     if (conn.held) {
@@ -496,7 +886,12 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         'no handler connected in time',
       )
       finish(conn)
-      fail(conn.res, 503, [['Retry-After', '5']])
+      fail(
+        conn.res,
+        503,
+        RETRY_AFTER,
+        `no handler of this route connected within ${limits.handlerWait} ms (limits.handler_wait); retry shortly.`,
+      )
     }, limits.handlerWait)
     conn.held = { msgs: [msg], timer }
     conn.route.held.add(conn)
@@ -506,7 +901,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     for (const conn of route.held) {
       if (!conn.held) continue
       clearTimeout(conn.held.timer)
-      for (const msg of conn.held.msgs) route.socket.send(msg)
+      for (const msg of conn.held.msgs) route.socket.send(msg, conn.id)
       conn.held = undefined
     }
     route.held.clear()
@@ -538,6 +933,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       parser: new ResponseParser(),
       sent: false,
       done: false,
+      replied: false,
+      retried: false,
       queue: [],
       queued: 0,
       writableHooked: false,
@@ -562,8 +959,9 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     if (expect !== '' && expect.toLowerCase() !== '100-continue') return fail(res, 417)
     const found = matcher.match(req.getHeader('host') || undefined, splitPath(info.url))
     if (found === undefined) return fail(res, 404)
-    if (found.target.kind === 'dir') {
-      const dir = dirRoute(found.target)
+    const target = choose(found.target)
+    if (target.kind === 'dir') {
+      const dir = dirRoute(target)
       return dir.serve(res, {
         method: info.method,
         path: splitPath(info.url),
@@ -571,8 +969,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         headers: info.headers,
       })
     }
-    if (found.target.kind === 'proxy') {
-      return proxyRoute(found.target).serve(res, {
+    if (target.kind === 'proxy') {
+      return proxyRoute(target).serve(res, {
         method: info.method,
         url: info.query === undefined ? info.url : `${info.url}?${info.query}`,
         headers: info.headers,
@@ -580,7 +978,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         host: req.getHeader('host'),
       })
     }
-    const route = routes.get(routeKey(found.target))!
+    const route = routes.get(routeKey(target))!
     const conn = newConn(res, route, info.method)
     const { path, headers } = buildHeaders(info, {
       pattern: found.routeKey,
@@ -600,7 +998,10 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 
     const te = req.getHeader('transfer-encoding')
     const clText = req.getHeader('content-length')
-    if (te === '' && clText === '') return send(conn, message(EMPTY))
+    if (te === '' && clText === '') {
+      if (info.method === 'GET' || info.method === 'HEAD') conn.again = () => message(EMPTY)
+      return send(conn, message(EMPTY))
+    }
     const length = te === '' ? Number(clText) : Number.NaN
     if (te === '' && !/^[0-9]{1,15}$/.test(clText)) return failConn(conn, 400)
     if (length <= limits.contentLength) return readInline(conn, length, message)
@@ -686,8 +1087,9 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     const info = readRequest(res, req)
     if (info.size > limits.headerSize) return fail(res, 431)
     const found = matcher.match(req.getHeader('host') || undefined, splitPath(info.url))
-    if (found === undefined || found.target.kind !== 'handler') return fail(res, 404)
-    const route = routes.get(routeKey(found.target))!
+    const target = found && choose(found.target)
+    if (found === undefined || target?.kind !== 'handler') return fail(res, 404)
+    const route = routes.get(routeKey(target))!
     const key = req.getHeader('sec-websocket-key')
     const { path, headers } = buildHeaders(
       info,
@@ -706,8 +1108,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       context,
       info: { path, headers },
     }
-    send(
-      conn,
+    // A handshake changes nothing yet: another handler may take it if the first dies.
+    conn.again = () =>
       encodeRequest({
         sender: route.target.sendIdent,
         connId: conn.id,
@@ -715,8 +1117,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         headers,
         body: Buffer.from(acceptKey(key)),
         format: route.target.protocol,
-      }),
-    )
+      })
+    send(conn, conn.again())
   }
 
   function upgradeWs(conn: HttpConn, head: ResponseHead): void {
@@ -735,6 +1137,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     // Every frame message repeats the handshake's headers with METHOD WEBSOCKET (Mongrel2 §5).
     ws.info.headers.METHOD = 'WEBSOCKET'
     conn.done = true
+    conn.route.socket.settle(conn.id)
     // Re-register under the same id: the connection keeps it for life.
     conns.set(conn.id, ws)
     conn.res.upgrade<WsData>({ id: conn.id }, up.key, protocol, up.extensions, up.context as never)
@@ -871,6 +1274,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       if (!conn) return
       conns.delete(conn.id)
       conn.ws = undefined
+      if (conn.route.release) statusChanged()
       if (conn.closing) return
       // The client closed: forward its close frame, then tell the handler it is gone.
       const payload = Buffer.alloc(2 + message.byteLength)
@@ -907,6 +1311,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         recvSpec: r.socket.recvEndpoint,
       })),
     connections: () => conns.size,
+    status: releaseStatus,
     async update(spec, nextMatcher, nextMimetypes) {
       const used = await bindHandlers(spec)
       server = spec
@@ -919,14 +1324,20 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         proxyRoutes.delete(key)
         proxy.close()
       }
-      for (const target of proxyTargets(spec)) proxyRoute(target)
+      for (const use of proxyTargets(spec)) proxyRoute(use.target, use.check)
       for (const [key, route] of routes) {
         if (used.has(key)) continue
         routes.delete(key)
         retire(route)
       }
+      statusChanged()
     },
     close() {
+      closed = true
+      clearTimeout(statusTimer)
+      for (const h of health.values()) clearTimeout(h.timer)
+      for (const route of routes.values()) clearTimeout(route.wsDeadline)
+      for (const conn of conns.values()) if (conn.kind === 'probe') clearTimeout(conn.timer)
       uWS.us_listen_socket_close(listenSocket)
       app.close()
       for (const proxy of proxyRoutes.values()) proxy.close()
@@ -939,6 +1350,15 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 }
 
 const EMPTY = Buffer.alloc(0)
+
+/** A proxy target as routed: with the health check of its release, if it has one. */
+interface ProxyUse {
+  target: ProxyTarget
+  check?: HealthCheck
+}
+/** Status recomputations within this long are one. */
+const STATUS_COALESCE_MS = 20
+const RETRY_AFTER: [string, string][] = [['Retry-After', '5']]
 
 // Routes naming the same handler share its sockets; a `tcp://host:*` spec is only unique with
 // its ident, so the key is the whole socket identity.

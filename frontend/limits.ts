@@ -18,8 +18,19 @@ export interface Limits {
   uploadTempStoreMode: number
   /** How long a request waits for a handler to connect before a 503, ms. */
   handlerWait: number
+  /**
+   * How long a request taken by a handler whose connection closed may still be answered (a
+   * draining handler) before it is retried or answered 502, ms; a handler seen dead is not
+   * waited for.
+   */
+  handlerLostGrace: number
   /** Largest WebSocket message either way, bytes. */
   websocketMax: number
+  /**
+   * How long a WebSocket may stay on a release after a newer one took over, ms; then it is
+   * closed with 1001 (going away) and the client reconnects to the new release.
+   */
+  websocketDrain: number
   /** Most response bytes buffered for one slow client before the frontend closes it. */
   connBuffer: number
   /** Keep a client's X-Forwarded-For instead of replacing it. */
@@ -73,7 +84,9 @@ export function limitsFromSettings(settings: Record<string, string | number>): L
     uploadTempStore: typeof store === 'string' && store !== '' ? store : undefined,
     uploadTempStoreMode: parseInt(String(settings['upload.temp_store_mode'] ?? '0600'), 8),
     handlerWait: num(settings, 'limits.handler_wait', 30_000),
+    handlerLostGrace: num(settings, 'limits.handler_lost_grace', 5000),
     websocketMax: num(settings, 'limits.websocket_max', 16 * 1024 * 1024),
+    websocketDrain: num(settings, 'limits.websocket_drain', 60_000),
     connBuffer: num(settings, 'limits.conn_buffer', 8 * 1024 * 1024),
     noClobberXff: num(settings, 'no_clobber_xff', 0) === 1,
     websocketIdle: idle,

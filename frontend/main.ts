@@ -32,9 +32,17 @@ export async function main(args: string[]): Promise<void> {
         cacheFile: config.cacheFile,
         apply: async (table) => void (await apply(table)),
         log,
+        report: {
+          intervalMs: config.reportMs,
+          collect: () =>
+            Object.fromEntries(
+              frontend.status().map((a) => [a.app, { serving: a.serving, releases: a.releases }]),
+            ),
+        },
       },
       cached?.meta,
     )
+    frontend.onStatus = () => follower.nudge()
     stopFollowing = () => follower.close()
   }
   log.info({ endpoints: frontend.endpoints, master: config.master }, 'ready')

@@ -9,7 +9,8 @@
 import { readFileSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import { Subscriber } from 'zeromq'
+import { hostname } from 'node:os'
+import { Push, Subscriber } from 'zeromq'
 import { masterEndpoints } from '../lib/cluster/control-client.js'
 import { parseRouteTable, type RouteTable } from '../lib/config/routes.js'
 import { writeFileAtomic } from '../lib/fs-atomic.js'
@@ -21,6 +22,7 @@ import {
   topicFrame,
   type PublicationMeta,
 } from '../lib/protocol/host-list.js'
+import { encodeFrontendReport, type AppStatus } from '../lib/protocol/frontend-report.js'
 
 export interface FollowOptions {
   /** The master's control endpoint. */
@@ -30,6 +32,11 @@ export interface FollowOptions {
   /** Applies a table (Frontend.reload); a throw keeps the previous table. */
   apply(table: RouteTable): Promise<void>
   log: Logger
+  /**
+   * The deploy status to report to the master's stats endpoint (lib/protocol/frontend-report.ts),
+   * every `intervalMs` and on nudge(). Absent: nothing is reported.
+   */
+  report?: { intervalMs: number; collect(): Record<string, AppStatus> }
 }
 
 interface Cached {
@@ -57,11 +64,27 @@ export function readCachedTable(
 export function followMaster(
   opts: FollowOptions,
   last?: PublicationMeta,
-): { close(): void; ready: Promise<void> } {
+): { close(): void; ready: Promise<void>; nudge(): void } {
   const { log } = opts
   const sub = new Subscriber({ linger: 0 })
+  // Never blocks on a master that is away: a report nobody takes is dropped, the next one says it.
+  const push = new Push({ linger: 0, sendTimeout: 0, sendHighWaterMark: 4 })
+  let pushing = false
+  let reportTimer: NodeJS.Timeout | undefined
   let closed = false
   let seen = last
+  const name = `${hostname().replace(/[^A-Za-z0-9_.-]/g, '-') || 'frontend'}-${process.pid}`
+  const report = (): void => {
+    if (closed || !pushing || !opts.report) return
+    const frame = encodeFrontendReport({
+      frontend: name,
+      time: Date.now(),
+      apps: opts.report.collect(),
+    })
+    push.send(frame).catch(() => {
+      // The master is away or slow: the periodic report retries.
+    })
+  }
   const loop = async (): Promise<void> => {
     let delay = 100
     let endpoints
@@ -81,6 +104,12 @@ export function followMaster(
     }
     sub.connect(endpoints.publish)
     sub.subscribe(topicFrame(FRONTEND_TOPIC))
+    if (opts.report) {
+      push.connect(endpoints.stats)
+      pushing = true
+      reportTimer = setInterval(report, opts.report.intervalMs)
+      report()
+    }
     log.info({ master: opts.master, publish: endpoints.publish }, 'following the master')
     for await (const frames of sub) {
       let pub
@@ -100,13 +129,14 @@ export function followMaster(
         log.error({ err: (err as Error).message }, 'route table refused, keeping the running one')
         continue
       }
-      log.info({ epoch: pub.meta.epoch, seq: pub.meta.seq }, 'route table applied')
+      // Cached before it is said applied: a frontend stopped right after still has it.
       try {
         await mkdir(dirname(opts.cacheFile), { recursive: true })
         await writeFileAtomic(opts.cacheFile, JSON.stringify({ meta: pub.meta, table: pub.body }))
       } catch (err) {
         log.warn({ file: opts.cacheFile, err: (err as Error).message }, 'route cache not written')
       }
+      log.info({ epoch: pub.meta.epoch, seq: pub.meta.seq }, 'route table applied')
     }
   }
   const ready = loop().catch((err: unknown) => {
@@ -114,9 +144,12 @@ export function followMaster(
   })
   return {
     ready,
+    nudge: report,
     close() {
       closed = true
+      clearInterval(reportTimer)
       sub.close()
+      push.close()
     },
   }
 }

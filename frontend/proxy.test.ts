@@ -606,6 +606,86 @@ t.test('with every backend down the answer is 503 with Retry-After', async (t) =
   await res.text()
 })
 
+t.test('a GET whose backend drops the connection before answering goes to another', async (t) => {
+  const dying = await startRawBackend(t, (s, head) => {
+    // Health probes are answered; a real request is dropped, as by a process killed mid-request.
+    if (head.includes('bareku-health-check')) s.end('HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n')
+    else s.destroy()
+  })
+  const good = await startBackend(t, 'good')
+  const { route } = makeRoute(t, [dying.port, good.port], { healthIntervalMs: 60_000 })
+  const port = await startFront(t, route)
+  await until('both proven', () => route.ready())
+  for (let i = 0; i < 4; i++) {
+    const res = await fetch(`http://127.0.0.1:${port}/n`)
+    t.equal(res.status, 200)
+    t.equal(res.headers.get('x-backend'), 'good')
+    await res.text()
+  }
+  const post = await fetch(`http://127.0.0.1:${port}/echo`, { method: 'POST', body: 'x' })
+  const other = await fetch(`http://127.0.0.1:${port}/echo`, { method: 'POST', body: 'x' })
+  t.same([post.status, other.status].sort(), [200, 502], 'a POST is not sent twice')
+  await Promise.all([post.arrayBuffer(), other.arrayBuffer()])
+})
+
+t.test('with holdMs, a request waits for a backend to come up', async (t) => {
+  const { url, route, backends } = await setup(t, ['a'], { holdMs: 5000 })
+  const a = backends[0]!
+  await a.stop()
+  await until('down', () => route.healthy().length === 0)
+  t.notOk(route.ready())
+  const pending = fetch(url('/later'))
+  await until('held', () => route.inFlight() === 1)
+  await a.start()
+  const res = await pending
+  t.equal(res.status, 200)
+  await res.text()
+  t.ok(route.ready(), 'ready once a probe answered')
+  t.equal(route.inFlight(), 0)
+})
+
+t.test('with holdMs, a held request gets its 503 at the deadline', async (t) => {
+  const { url, route, backends } = await setup(t, ['a'], { holdMs: 300 })
+  await backends[0]!.stop()
+  await until('down', () => route.healthy().length === 0)
+  const started = Date.now()
+  const res = await fetch(url('/'))
+  t.equal(res.status, 503)
+  t.ok(Date.now() - started >= 250, 'held first')
+  await res.text()
+})
+
+t.test("with the app's health check, a backend is ready only once it passes", async (t) => {
+  let healthy = false
+  const app = await startRawBackend(t, (s, head) => {
+    const body = head.startsWith('GET /health ') ? (healthy ? 'all ok' : 'starting') : 'hello'
+    s.end(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`)
+  })
+  const check = {
+    path: '/health',
+    method: 'GET' as const,
+    status: 200,
+    match: 'ok',
+    attempts: 2,
+    timeoutMs: 1000,
+    intervalMs: 50,
+  }
+  const { route, logs } = makeRoute(t, [app.port], { healthIntervalMs: 50, check })
+  await until('two failed probes', () => route.failed())
+  t.notOk(route.ready(), 'not ready while the body does not match')
+  t.ok(logs.some((l) => l.msg === 'health check failed'))
+  healthy = true
+  await until('ready', () => route.ready())
+  t.notOk(route.failed(), 'a pass clears the failure')
+
+  const wrongStatus = await startRawBackend(t, (s) =>
+    s.end('HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok'),
+  )
+  const other = makeRoute(t, [wrongStatus.port], { healthIntervalMs: 50, check })
+  await until('failed on its status', () => other.route.failed())
+  t.notOk(other.route.ready())
+})
+
 t.test('a backend that accepts and never answers gets a 504 after responseTimeoutMs', async (t) => {
   const silent = await startRawBackend(t, () => {})
   const { route } = makeRoute(t, [silent.port], {

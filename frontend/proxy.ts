@@ -22,7 +22,7 @@
  * started, the client connection is closed, so a cut-short body never looks complete.
  */
 import { STATUS_CODES } from 'node:http'
-import type { ProxyTarget } from '../lib/config/routes.js'
+import type { HealthCheck, ProxyTarget } from '../lib/config/routes.js'
 import { AppError } from '../lib/errors.js'
 import type { Logger } from '../lib/log.js'
 import type { ResponseEvent, ResponseHead } from '../lib/protocol/http-response.js'
@@ -67,6 +67,17 @@ export interface ProxyOptions {
   maxSockets?: number
   /** Largest request body passed on; over it: 413. Default: no limit. */
   maxBodyBytes?: number
+  /**
+   * The app's own health check (app.json): probes use its path, method and timeout, and a backend
+   * is up only with its status (and body match). A route with one counts as failed after
+   * `attempts` failed probes before any passed. Default: GET healthPath, 2xx-4xx is up.
+   */
+  check?: HealthCheck
+  /**
+   * With no healthy backend, a request without a body waits this long for one to come up
+   * before its 503 (a web process starting, a deploy). Default 0: the 503 comes at once.
+   */
+  holdMs?: number
 }
 
 /** One proxy target's backends, pools and health checks. */
@@ -78,6 +89,14 @@ export interface ProxyRoute {
   serve(res: HttpResponse, req: ProxyRequest): void
   /** Backends currently healthy. */
   healthy(): { addr: string; port: number }[]
+  /** Some backend is up and has answered a health probe since it came up. */
+  ready(): boolean
+  /** The app's health check failed `attempts` times and never passed: not to be routed to. */
+  failed(): boolean
+  /** Requests dispatched and not finished, and requests waiting for a healthy backend. */
+  inFlight(): number
+  /** Called (with no argument) whenever the healthy list or inFlight changes. */
+  onChange?: () => void
   /** Stops the health checks and closes every upstream connection. */
   close(): void
 }
@@ -199,6 +218,8 @@ interface Backend {
   /** Health probes, each on a new connection of its own. */
   probes: UpstreamPool
   up: boolean
+  /** A probe has answered since the backend last went down (it starts up, unproven). */
+  proven: boolean
   /** Bumped on every state change, so a probe begun before it cannot undo it. */
   generation: number
   probe: Probe | undefined
@@ -213,6 +234,10 @@ class Exchange extends UpstreamRequest {
   base = ''
   /** Sent upstream (at once without a body, with the body's first piece otherwise). */
   dispatched = false
+  /** Counted in the route's requests in flight. */
+  counted = false
+  /** The client's request, for holding it again when its backend went away. */
+  req: ProxyRequest | undefined = undefined
   /** The request's Content-Length, or -1 when chunked or absent. */
   declared = -1
   bodyDone: boolean
@@ -257,9 +282,12 @@ class Exchange extends UpstreamRequest {
 class Probe extends UpstreamRequest {
   readonly backend: Backend
   readonly generation: number
+  /** The status, and the body read so far, when a check matches the body. */
+  status = 0
+  text = ''
 
-  constructor(handler: UpstreamHandler, backend: Backend, head: string) {
-    super(handler, 'GET')
+  constructor(handler: UpstreamHandler, backend: Backend, head: string, method = 'GET') {
+    super(handler, method)
     this.backend = backend
     this.generation = backend.generation
     this.head = head
@@ -316,7 +344,8 @@ function connectionTokens(value: string, into: string[] | undefined): string[] |
 /** Validates the options and starts health-checking the target's backends. */
 export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): ProxyRoute {
   const log = opts.log
-  const healthPath = opts.healthPath ?? '/'
+  const check = opts.check
+  const healthPath = check?.path ?? opts.healthPath ?? '/'
   if (!/^\/[!-~]*$/.test(healthPath)) {
     throw new AppError(
       'E_PROXY',
@@ -324,11 +353,14 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     )
   }
   const healthIntervalMs = whole('healthIntervalMs', opts.healthIntervalMs, 2000)
-  const healthTimeoutMs = whole('healthTimeoutMs', opts.healthTimeoutMs, 1000)
+  const healthTimeoutMs = check?.timeoutMs ?? whole('healthTimeoutMs', opts.healthTimeoutMs, 1000)
+  let everProven = false
+  let checkFailures = 0
   const connectTimeoutMs = whole('connectTimeoutMs', opts.connectTimeoutMs, 5000)
   const responseTimeoutMs = whole('responseTimeoutMs', opts.responseTimeoutMs, 60_000)
   const maxSockets = whole('maxSockets', opts.maxSockets, 256)
   const maxBodyBytes = whole('maxBodyBytes', opts.maxBodyBytes, Infinity, 0, 1_048_576)
+  const holdMs = whole('holdMs', opts.holdMs, 0)
   if (target.backends.length === 0) {
     throw new AppError('E_PROXY', 'a proxy route needs at least one backend { addr, port }')
   }
@@ -362,12 +394,28 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
       responseTimeoutMs: healthTimeoutMs,
     }),
     up: true,
+    proven: false,
     generation: 0,
     probe: undefined,
   }))
   let healthyList = backends.slice()
   let next = 0
   let closed = false
+  let active = 0
+  /** Body-less requests waiting for a healthy backend, oldest first. */
+  let waiting: Waiter[] = []
+  /** Requests already held once after their backend failed them. */
+  const reheld = new WeakSet<ProxyRequest>()
+  const changed = (): void => route.onChange?.()
+
+  /** A healthy backend other than `not` if there is one, else any healthy one. */
+  function pickOther(not: Backend): Backend | undefined {
+    for (let i = 0; i < healthyList.length; i++) {
+      const b = pick()
+      if (b !== not) return b
+    }
+    return pick()
+  }
 
   function pick(): Backend | undefined {
     const n = healthyList.length
@@ -383,17 +431,61 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     healthyList = backends.filter((x) => x.up)
     if (up) log.info({ addr: b.addr, port: b.port }, 'backend up')
     else log.info({ addr: b.addr, port: b.port, reason }, 'backend down')
+    if (up && waiting.length > 0) {
+      const ready = waiting
+      waiting = []
+      for (const w of ready) {
+        clearTimeout(w.timer)
+        if (!w.aborted) serve(w.res, w.req)
+      }
+    }
+    changed()
+  }
+
+  /** Holds a body-less request until a backend is healthy, or answers 503 after holdMs. */
+  function hold(res: HttpResponse, req: ProxyRequest): void {
+    const w: Waiter = {
+      res,
+      req,
+      aborted: false,
+      timer: setTimeout(() => {
+        waiting = waiting.filter((x) => x !== w)
+        changed()
+        if (!w.aborted) reply(res, 503, false, false)
+      }, holdMs),
+    }
+    res.onAborted(() => {
+      w.aborted = true
+      clearTimeout(w.timer)
+      waiting = waiting.filter((x) => x !== w)
+      changed()
+    })
+    waiting.push(w)
+    changed()
   }
 
   // ---------------------------------------------------------------- health checks
 
   const probeHandler: UpstreamHandler = {
     response(req, events) {
+      const p = req as Probe
       for (const e of events) {
+        if (check !== undefined) {
+          if (e.type === 'head') p.status = e.head.status
+          else if (e.type === 'data' && p.text.length < 65536) p.text += e.chunk.toString('latin1')
+          else if (e.type !== 'end') continue
+          if (e.type === 'head' && p.status !== check.status) {
+            return settle(p, false, `status ${p.status}, expected ${check.status}`)
+          }
+          if (e.type === 'head' && check.match === undefined) return settle(p, true, 'ok')
+          if (e.type !== 'end') continue
+          const ok = p.text.includes(check.match ?? '')
+          return settle(p, ok, ok ? 'ok' : `body does not contain ${JSON.stringify(check.match)}`)
+        }
         if (e.type !== 'head') continue
         // Any answer short of a server error means the process is up, even a 404 for the path.
         const status = e.head.status
-        return settle(req as Probe, status >= 200 && status < 500, `status ${status}`)
+        return settle(p, status >= 200 && status < 500, `status ${status}`)
       }
     },
     error(req, err) {
@@ -407,15 +499,31 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     if (b.probe !== p) return
     b.probe = undefined
     p.abort()
-    if (!closed && b.generation === p.generation) setState(b, up, reason)
+    if (closed || b.generation !== p.generation) return
+    if (check !== undefined && !everProven) {
+      if (up) everProven = true
+      else if (++checkFailures === check.attempts) {
+        log.error(
+          { addr: b.addr, port: b.port, reason, attempts: check.attempts },
+          'health check failed',
+        )
+        changed()
+      }
+    }
+    const proven = b.proven
+    b.proven = up
+    setState(b, up, reason)
+    if (up && !proven) changed()
   }
 
   function probe(b: Backend): void {
+    const method = check?.method ?? 'GET'
     const p = new Probe(
       probeHandler,
       b,
-      `GET ${healthPath} HTTP/1.1\r\nhost: ${b.addr}:${b.port}\r\n` +
+      `${method} ${healthPath} HTTP/1.1\r\nhost: ${b.addr}:${b.port}\r\n` +
         'user-agent: bareku-health-check\r\nconnection: close\r\n\r\n',
+      method,
     )
     b.probe = p
     b.probes.send(p)
@@ -481,6 +589,7 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     const backend = closed ? undefined : pick()
     if (backend === undefined) {
       log.debug({ method, url: req.url }, 'no healthy backend')
+      if (holdMs > 0 && !closed && length <= 0 && !chunked) return hold(res, req)
       return reply(res, 503, false, false)
     }
     if (!xff) head += 'x-forwarded-for: ' + req.remoteAddr + '\r\n'
@@ -490,6 +599,7 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
 
     const hasBody = chunked || length > 0
     const ex = new Exchange(handler, res, method, hasBody, backend)
+    if (!hasBody) ex.req = req
     res.onAborted(() => clientAborted(ex))
     if (!hasBody) {
       if (length === 0 || !noBodyByDefault(method)) head += 'content-length: 0\r\n'
@@ -505,6 +615,11 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
   function send(ex: Exchange, backend: Backend): void {
     ex.backend = backend
     ex.tries++
+    if (!ex.counted) {
+      ex.counted = true
+      active++
+      changed()
+    }
     ex.dispatched = true
     backend.pool.send(ex)
   }
@@ -571,11 +686,24 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
       return cutShort(ex, err.failure === 'response' ? err.message : err.code)
     }
     if (err.failure === 'connect') setState(backend, false, err.code)
+    // A connection that closed before any answer may be a backend that died with the request:
+    // check it now rather than at the next interval.
+    if (err.failure === 'closed' && backend.probe === undefined && !closed) probe(backend)
     // A refused connection never reached the app. A reused keep-alive connection that the backend
     // closed just as we wrote to it did not either (the pool has already tried a fresh one); both
-    // are safe to send again when idempotent.
-    if (err.retryable && ex.retryable && ex.tries < 2) {
-      const other = pick()
+    // are safe to send again when idempotent. So is a body-less GET or HEAD whose backend went
+    // away before answering (a process killed or stopped during a deploy): it goes to another.
+    const again = err.retryable || (err.failure === 'closed' && ex.method !== 'OPTIONS')
+    if (again && ex.retryable) {
+      const other = ex.tries < 2 ? pickOther(backend) : undefined
+      if (other !== undefined && other !== backend) return send(ex, other)
+      const req = ex.req
+      if (holdMs > 0 && req !== undefined && !closed && !reheld.has(req)) {
+        // No other backend: wait for one to come up, as a request arriving now would (once).
+        reheld.add(req)
+        finish(ex, true)
+        return hold(ex.res, req)
+      }
       if (other !== undefined) return send(ex, other)
     }
     if (err.failure === 'timeout') return timedOut(ex)
@@ -613,6 +741,11 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
   /** Ends the exchange; the upstream connection goes back to the pool only if it is clean. */
   function finish(ex: Exchange, destroy: boolean): void {
     ex.done = true
+    if (ex.counted) {
+      ex.counted = false
+      active--
+      changed()
+    }
     if (!ex.dispatched) return
     if (destroy || !ex.bodyDone) {
       ex.abort()
@@ -840,13 +973,22 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     ex.res.resume()
   }
 
-  return {
+  const route: ProxyRoute = {
     serve,
     healthy: () => healthyList.map((b) => ({ addr: b.addr, port: b.port })),
+    ready: () => backends.some((b) => b.up && b.proven),
+    failed: () => check !== undefined && !everProven && checkFailures >= check.attempts,
+    inFlight: () => active + waiting.length,
     close() {
       if (closed) return
       closed = true
       clearInterval(interval)
+      const left = waiting
+      waiting = []
+      for (const w of left) {
+        clearTimeout(w.timer)
+        if (!w.aborted) reply(w.res, 503, false, false)
+      }
       for (const b of backends) {
         const probing = b.probe
         b.probe = undefined
@@ -856,4 +998,12 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
       }
     },
   }
+  return route
+}
+
+interface Waiter {
+  res: HttpResponse
+  req: ProxyRequest
+  aborted: boolean
+  timer: NodeJS.Timeout
 }

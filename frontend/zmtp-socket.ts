@@ -21,6 +21,13 @@
  * so it is not resent: no duplicates). libzmq instead loses everything queued in the dead
  * peer's pipe, which with an unlimited HWM can be a lot.
  *
+ * Lost requests: a request sent with an id is remembered against the PULL peer it was written
+ * to until the caller settles it. When that peer's connection closes, its unsettled requests
+ * are orphans: a draining handler closes its PULL first and still answers on its PUB, but a
+ * handler that died (SIGKILL, crash) closes both at once. So the orphans count as lost (onLost)
+ * when a PUB peer closed within PAIR_MS of the PULL (the same process, in all likelihood), when
+ * no PUB peer is left, or after lostGraceMs at the latest; the caller retries or answers them.
+ *
  * A peer with the wrong socket type, a mechanism other than NULL, or a malformed stream is
  * logged at warn with the reason and that connection alone is closed.
  */
@@ -48,9 +55,12 @@ import {
   parsePing,
   type Greeting,
 } from '../lib/protocol/zmtp.js'
-import type { HandlerSocketEvents } from './handler-socket.js'
+import type { HandlerSocketEvents, HandlerSocketOptions } from './handler-socket.js'
 
-export type { HandlerSocketEvents }
+export type { HandlerSocketEvents, HandlerSocketOptions }
+
+/** A PULL and a PUB closing this close together are taken to be one process dying, ms. */
+export const PAIR_MS = 250
 
 /** A peer that has not finished the handshake in this long is dropped (libzmq's default). */
 export const HANDSHAKE_TIMEOUT_MS = 30_000
@@ -80,6 +90,16 @@ interface Peer {
   /** Frames of a multipart message read so far (SUB side). */
   parts: Buffer[]
   partsSize: number
+  /** Ids of the requests written to this PULL peer and not settled yet. */
+  taken: Set<number>
+}
+
+/** The unsettled requests of a PULL peer whose connection closed. */
+interface Orphans {
+  peer: Peer
+  closedAt: number
+  /** The grace, when it has requests in hand. */
+  timer: NodeJS.Timeout | undefined
 }
 
 /** A parsed endpoint spec. */
@@ -176,8 +196,16 @@ export class ZmtpHandlerSocket {
   private readonly pubs: Peer[] = []
   private readonly peers = new Set<Peer>()
   private rr = 0
-  /** Requests no peer has taken yet, oldest first. */
+  /** Requests no peer has taken yet, oldest first, and their ids (0: not tracked). */
   private pending: Buffer[] = []
+  private pendingIds: number[] = []
+  /** The PULL peer each tracked request was written to. */
+  private readonly owner = new Map<number, Peer>()
+  /** Closed PULL peers not yet paired with a closed PUB, oldest first. */
+  private orphans: Orphans[] = []
+  /** When PUB peers closed that no closed PULL has claimed yet (the last PAIR_MS only). */
+  private pubCloses: number[] = []
+  private readonly lostGraceMs: number
   private flushScheduled = false
   private closed = false
   private nextPeerId = 1
@@ -189,7 +217,9 @@ export class ZmtpHandlerSocket {
     readonly target: HandlerTarget,
     private readonly events: HandlerSocketEvents,
     private readonly log: Logger,
+    opts: HandlerSocketOptions = {},
   ) {
+    this.lostGraceMs = opts.lostGraceMs ?? 5000
     this.topic = Buffer.from(target.recvIdent)
     // Identity is ignored by PULL peers (the spec reserves it for REQ/DEALER/ROUTER), but it
     // is what Mongrel2 sets on this socket, so it is announced for anyone looking.
@@ -200,6 +230,11 @@ export class ZmtpHandlerSocket {
   /** True when a request sent now can be answered: some handler is connected both ways. */
   get ready(): boolean {
     return this.pulls.length > 0 && this.pubs.length > 0
+  }
+
+  /** Handler processes connected both ways (as far as the counts tell). */
+  get peerCount(): number {
+    return Math.min(this.pulls.length, this.pubs.length)
   }
 
   /** Binds both sides. Rejects with E_ZMTP on a bad spec or a failed listen. */
@@ -217,16 +252,29 @@ export class ZmtpHandlerSocket {
    * Queues a request message. It goes out at the end of this event-loop turn, together with every
    * other message sent this turn, to a connected handler (or waits for one).
    */
-  send(msg: Buffer): void {
+  send(msg: Buffer, id = 0): void {
     if (this.closed) return
     this.pending.push(msg)
+    this.pendingIds.push(id)
     this.scheduleFlush()
+  }
+
+  /** The request `id` is answered or given up: it can no longer be lost. */
+  settle(id: number): void {
+    const peer = this.owner.get(id)
+    if (peer === undefined) return
+    this.owner.delete(id)
+    peer.taken.delete(id)
   }
 
   /** Closes both servers and every peer connection; queued requests are dropped. */
   close(): void {
     this.closed = true
     this.pending = []
+    this.pendingIds = []
+    for (const o of this.orphans) clearTimeout(o.timer)
+    this.orphans = []
+    this.owner.clear()
     this.pushServer?.close()
     this.subServer?.close()
     for (const peer of this.peers) {
@@ -254,24 +302,33 @@ export class ZmtpHandlerSocket {
     const free = this.pulls.filter((p) => !p.writing)
     if (free.length === 0) return // a write completing or a peer arriving flushes again
     const msgs = this.pending
+    const ids = this.pendingIds
     this.pending = []
+    this.pendingIds = []
     if (free.length === 1) {
-      this.write(free[0]!, msgs)
+      this.write(free[0]!, msgs, ids)
       return
     }
     const batches: Buffer[][] = free.map(() => [])
+    const batchIds: number[][] = free.map(() => [])
     let rr = this.rr % free.length
-    for (const msg of msgs) {
-      batches[rr]!.push(msg)
+    for (let i = 0; i < msgs.length; i++) {
+      batches[rr]!.push(msgs[i]!)
+      batchIds[rr]!.push(ids[i]!)
       rr = rr + 1 === free.length ? 0 : rr + 1
     }
     this.rr = rr
     for (let i = 0; i < free.length; i++) {
-      if (batches[i]!.length > 0) this.write(free[i]!, batches[i]!)
+      if (batches[i]!.length > 0) this.write(free[i]!, batches[i]!, batchIds[i]!)
     }
   }
 
-  private write(peer: Peer, msgs: Buffer[]): void {
+  private write(peer: Peer, msgs: Buffer[], ids: number[]): void {
+    for (const id of ids) {
+      if (id === 0) continue
+      peer.taken.add(id)
+      this.owner.set(id, peer)
+    }
     peer.writing = true
     const buf = msgs.length === 1 ? encodeFrame(msgs[0]!) : encodeMessages(msgs)
     peer.sock.write(buf, (err) => {
@@ -305,6 +362,7 @@ export class ZmtpHandlerSocket {
       writing: false,
       parts: [],
       partsSize: 0,
+      taken: new Set(),
       parser: undefined as unknown as ZmtpParser,
     }
     peer.parser = new ZmtpParser({
@@ -383,6 +441,7 @@ export class ZmtpHandlerSocket {
     peer.open = true
     peer.sock.setTimeout(0)
     const was = this.ready
+    const peers = this.peerCount
     if (peer.side === 'push') {
       peer.sock.write(this.readyPush)
       this.pulls.push(peer)
@@ -406,7 +465,7 @@ export class ZmtpHandlerSocket {
       },
       'handler peer connected',
     )
-    this.changed(was)
+    this.changed(was, peers)
   }
 
   private command(peer: Peer, body: Buffer): void {
@@ -496,14 +555,70 @@ export class ZmtpHandlerSocket {
     this.peers.delete(peer)
     if (!peer.open) return
     const was = this.ready
+    const peers = this.peerCount
     const list = peer.side === 'push' ? this.pulls : this.pubs
     const i = list.indexOf(peer)
     if (i >= 0) list.splice(i, 1)
     peer.open = false
-    this.changed(was)
+    this.changed(was, peers)
+    if (this.closed) return
+    if (peer.side === 'push') this.orphan(peer)
+    else this.pubClosed()
   }
 
-  private changed(was: boolean): void {
+  /**
+   * A PULL peer is gone. A PUB that closed within PAIR_MS (and that no other PULL claimed) is
+   * taken as the same process dying: its unsettled requests are lost now. Otherwise it may be
+   * draining: they wait for its PUB to close (PAIR_MS), for no PUB to be left, or for the grace.
+   */
+  private orphan(peer: Peer): void {
+    const now = Date.now()
+    this.pubCloses = this.pubCloses.filter((at) => now - at <= PAIR_MS)
+    if (this.pubCloses.length > 0) {
+      this.pubCloses.shift()
+      return this.lose(peer)
+    }
+    if (this.pubs.length === 0) return this.lose(peer)
+    const o: Orphans = { peer, closedAt: now, timer: undefined }
+    if (peer.taken.size > 0) {
+      o.timer = setTimeout(() => {
+        this.orphans = this.orphans.filter((x) => x !== o)
+        this.lose(peer, 'no answer within the grace')
+      }, this.lostGraceMs)
+    }
+    this.orphans.push(o)
+  }
+
+  private pubClosed(): void {
+    const now = Date.now()
+    // Closed PULLs with nothing in hand are only kept for pairing.
+    this.orphans = this.orphans.filter((o) => o.timer !== undefined || now - o.closedAt <= PAIR_MS)
+    const gone =
+      this.pubs.length === 0
+        ? this.orphans
+        : this.orphans.filter((o) => now - o.closedAt <= PAIR_MS).slice(0, 1)
+    if (gone.length === 0) {
+      this.pubCloses.push(now)
+      return
+    }
+    this.orphans = this.orphans.filter((o) => !gone.includes(o))
+    for (const o of gone) {
+      clearTimeout(o.timer)
+      this.lose(o.peer)
+    }
+  }
+
+  private lose(peer: Peer, why = 'the handler process is gone'): void {
+    const ids = [...peer.taken]
+    peer.taken.clear()
+    if (ids.length === 0) return
+    for (const id of ids) this.owner.delete(id)
+    this.log.warn({ peer: peer.name, requests: ids.length, why }, 'handler lost requests')
+    this.events.onLost?.(ids)
+  }
+
+  private changed(was: boolean, peers?: number): void {
+    if (peers !== undefined && peers !== this.peerCount) this.events.onPeers?.(this.peerCount)
     if (was === this.ready) return
     if (this.ready) {
       this.log.info({ send: this.sendEndpoint, recv: this.recvEndpoint }, 'handler connected')

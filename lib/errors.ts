@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'E_CLIENT'
   | 'E_APP'
   | 'E_BUILD'
+  | 'E_LOGS'
 
 export class AppError extends Error {
   constructor(

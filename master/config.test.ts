@@ -10,6 +10,8 @@ t.test('defaults', async (t) => {
     publish: 'tcp://127.0.0.1:7071',
     stats: 'tcp://127.0.0.1:7072',
     slugs: 'tcp://127.0.0.1:7073',
+    logs: 'tcp://127.0.0.1:7074',
+    logMaxBytes: 10485760,
     slugDir: '/home/u/.bareku/slugs',
     nodeTtlMs: 10_000,
     republishMs: 2000,

@@ -24,6 +24,10 @@ export interface MasterSettings {
   publish: string
   stats: string
   slugs: string
+  /** Bind endpoint for the nodes' log batches (ROUTER). */
+  logs: string
+  /** An app's log history (master/logs/APP.log) is rotated to APP.log.1 at this size. */
+  logMaxBytes: number
   /** Where slugs are stored, as `<sha256>.sqfs`. */
   slugDir: string
   /** A node not heard from for this long is marked down and its instances move. */
@@ -56,6 +60,8 @@ settings (environment):
   BAREKU_MASTER_PUBLISH       host lists and route table, XPUB bind (default: tcp://127.0.0.1:7071)
   BAREKU_MASTER_STATS         node reports, PULL bind (default: tcp://127.0.0.1:7072)
   BAREKU_MASTER_SLUGS         slug store, ROUTER bind (default: tcp://127.0.0.1:7073)
+  BAREKU_MASTER_LOGS          nodes' log lines, ROUTER bind (default: tcp://127.0.0.1:7074)
+  BAREKU_MASTER_LOG_MAX_BYTES rotate an app's log history to .1 at this size (default: 10485760)
   BAREKU_SLUG_DIR             slug files <sha256>.sqfs (default: $BAREKU_HOME/slugs)
   BAREKU_MASTER_NODE_TTL_MS   a silent node is down after this long (default: 10000)
   BAREKU_MASTER_REPUBLISH_MS  publish every topic again this often (default: 2000)
@@ -68,6 +74,8 @@ settings (environment):
 
 files:
   $BAREKU_HOME/master/state.json   the desired state, rewritten atomically after every change
+  $BAREKU_HOME/master/logs/        APP.log (+ APP.log.1): each app's log lines, one JSON a line;
+                                   offsets.json: how far each node's log files were received
 `
 
 function bad(name: string, expected: string, value: string, example: string): AppError {
@@ -157,6 +165,8 @@ export function loadConfig(
     publish: endpoint(env, 'BAREKU_MASTER_PUBLISH', 'tcp://127.0.0.1:7071'),
     stats: endpoint(env, 'BAREKU_MASTER_STATS', 'tcp://127.0.0.1:7072'),
     slugs: endpoint(env, 'BAREKU_MASTER_SLUGS', 'tcp://127.0.0.1:7073'),
+    logs: endpoint(env, 'BAREKU_MASTER_LOGS', 'tcp://127.0.0.1:7074'),
+    logMaxBytes: positiveInt(env, 'BAREKU_MASTER_LOG_MAX_BYTES', 10 * 1024 * 1024, '10485760'),
     slugDir: resolve(env.BAREKU_SLUG_DIR || join(home, 'slugs')),
     nodeTtlMs: positiveInt(env, 'BAREKU_MASTER_NODE_TTL_MS', 10_000, '10000'),
     republishMs: positiveInt(env, 'BAREKU_MASTER_REPUBLISH_MS', 2000, '2000'),

@@ -4,7 +4,7 @@
  * state, and returns its result and whether the draft changed; master.ts then places, saves and
  * publishes. A refused action (no such app, unknown type, ...) is E_APP with the fix.
  *
- *   endpoints                        -> { control, publish, stats, slugs } (bound endpoints)
+ *   endpoints                        -> { control, publish, stats, slugs, logs } (bound)
  *   apps | apps:create {name} | apps:destroy {name} | apps:info {name}
  *   config {app} | config:set {app, vars: {K: V}} | config:unset {app, keys: [K]}
  *   ps {app} | ps:scale {app, formation: {TYPE: N}} | ps:restart {app, type?}
@@ -12,6 +12,7 @@
  *                                  commit?, by?, description?} | rollback {app, version}
  *   domains {app} | domains:add {app, domain} | domains:remove {app, domain}
  *   nodes | status | deploy:status {app, release}
+ *   logs {app, n?, type?}            -> the app's last n (default 100) log lines (logs.ts)
  *
  * A config change or a rollback makes a new release (with the same slug), as on Heroku.
  */
@@ -19,13 +20,15 @@ import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { AppError } from '../lib/errors.js'
 import type { ControlRequest } from '../lib/protocol/control.js'
-import type { InstanceRunState, NodeReport } from '../lib/protocol/node-report.js'
+import type { InstanceRunState, InstanceStatus, NodeReport } from '../lib/protocol/node-report.js'
 import type { MasterSettings } from './config.js'
+import { logsCommand } from './logs.js'
 import { appHosts, currentRelease, isHandlerType, type Plan } from './plan.js'
 import {
   appName,
   CONFIG_KEY,
   configVars,
+  healthchecks,
   domainName,
   fields,
   int,
@@ -47,6 +50,7 @@ export interface Endpoints {
   publish: string
   stats: string
   slugs: string
+  logs: string
 }
 
 /** What a command sees: a draft it may change, and read-only views of the running master. */
@@ -157,7 +161,7 @@ function appInfo(app: App, s: MasterSettings) {
 /** Appends a release made from `base` with the app's config; sets it current. */
 function addRelease(
   app: App,
-  base: Pick<Release, 'slug' | 'processTypes'> & { commit?: string },
+  base: Pick<Release, 'slug' | 'processTypes' | 'healthchecks'> & { commit?: string },
   by: string,
   description: string,
   now: number,
@@ -172,6 +176,7 @@ function addRelease(
     description,
   }
   if (base.commit !== undefined) release.commit = base.commit
+  if (base.healthchecks !== undefined) release.healthchecks = structuredClone(base.healthchecks)
   app.releases.push(release)
   app.current = release.version
   // Types never seen get Heroku's defaults: web and handlers 1, others 0 (scale them yourself).
@@ -183,12 +188,35 @@ function addRelease(
   return release
 }
 
+/** releases:add's healthchecks argument, checked; each names a process type of the release. */
+function checks(v: unknown, types: Record<string, string>): Release['healthchecks'] {
+  let out: NonNullable<Release['healthchecks']>
+  try {
+    out = healthchecks(v, 'args.healthchecks')
+  } catch (err) {
+    throw new AppError('E_CONTROL', `${(err as Error).message} (app.json "healthchecks")`)
+  }
+  for (const type of Object.keys(out)) {
+    if (!Object.hasOwn(types, type)) {
+      throw new AppError(
+        'E_CONTROL',
+        `args.healthchecks.${type} names no process type of the release (${Object.keys(types).join(', ')}); check app.json "healthchecks" against the Procfile`,
+      )
+    }
+  }
+  return out
+}
+
 /** A config change on a released app makes a new release with the same slug. */
 function configRelease(app: App, description: string, now: number): number | undefined {
   const release = currentRelease(app)
   if (!release) return undefined
   const { commit } = release
-  const base = { slug: release.slug, processTypes: release.processTypes }
+  const base = {
+    slug: release.slug,
+    processTypes: release.processTypes,
+    healthchecks: release.healthchecks,
+  }
   return addRelease(
     app,
     commit === undefined ? base : { ...base, commit },
@@ -234,6 +262,12 @@ const STATE_RANK: Record<InstanceRunState, number> = {
   stopping: 3,
 }
 
+/** A reported instance is `name` at `release`: its surge twin, or its release's name, too. */
+function sameInstance(reported: InstanceStatus, name: string, release: number): boolean {
+  const slot = reported.name.split('~')[0]
+  return (slot === name || slot === `${name}-v${release}`) && reported.release === release
+}
+
 /** What the node last said of instance `name` at `release` (its surge twin counts too). */
 function reportedState(
   report: NodeReport | undefined,
@@ -242,8 +276,7 @@ function reportedState(
 ): InstanceRunState | undefined {
   let best: InstanceRunState | undefined
   for (const i of report?.instances ?? []) {
-    const slot = i.name.split('~')[0]
-    if (slot !== name || i.release !== release) continue
+    if (!sameInstance(i, name, release)) continue
     if (best === undefined || STATE_RANK[i.state] < STATE_RANK[best]) best = i.state
   }
   return best
@@ -253,7 +286,7 @@ function reportedState(
 function reportedRestarts(report: NodeReport | undefined, name: string, release: number): number {
   let most = 0
   for (const i of report?.instances ?? []) {
-    if (i.name.split('~')[0] === name && i.release === release) most = Math.max(most, i.restarts)
+    if (sameInstance(i, name, release)) most = Math.max(most, i.restarts)
   }
   return most
 }
@@ -416,7 +449,12 @@ const COMMANDS: Record<string, Command> = {
   },
 
   async 'releases:add'(args, ctx) {
-    const app = appArg(args, ctx, ['slug', 'processTypes'], ['commit', 'by', 'description'])
+    const app = appArg(
+      args,
+      ctx,
+      ['slug', 'processTypes'],
+      ['commit', 'by', 'description', 'healthchecks'],
+    )
     const slug = slugRef(args.slug, 'args.slug')
     const types = processTypes(args.processTypes, 'args.processTypes')
     const commit =
@@ -427,7 +465,12 @@ const COMMANDS: Record<string, Command> = {
         ? `Deploy ${commit?.slice(0, 7) ?? slug.sha256.slice(0, 7)}`
         : str(args.description, 'args.description', /^.{0,500}$/)
     await checkSlug(slug, ctx.settings)
-    const base = { slug, processTypes: types }
+    const base = {
+      slug,
+      processTypes: types,
+      // app.json's "healthchecks" ({ TYPE: { path, ... } }), passed on by the git hook.
+      healthchecks: args.healthchecks === undefined ? undefined : checks(args.healthchecks, types),
+    }
     const release = addRelease(
       app,
       commit === undefined ? base : { ...base, commit },
@@ -450,7 +493,11 @@ const COMMANDS: Record<string, Command> = {
     }
     await checkSlug(old.slug, ctx.settings)
     app.config = { ...old.config }
-    const base = { slug: old.slug, processTypes: old.processTypes }
+    const base = {
+      slug: old.slug,
+      processTypes: old.processTypes,
+      healthchecks: old.healthchecks,
+    }
     const release = addRelease(
       app,
       old.commit === undefined ? base : { ...base, commit: old.commit },
@@ -538,6 +585,8 @@ const COMMANDS: Record<string, Command> = {
       .map((n) => ({ name: n.name, addr: n.addr, status: n.status, capacity: n.capacity }))
     return read({ epoch: ctx.state.epoch, nodes, apps, unplaced: ctx.plan.unplaced })
   },
+
+  logs: async (args, ctx) => read(await logsCommand(args, ctx.state, ctx.settings)),
 
   'deploy:status'(args, ctx) {
     const app = appArg(args, ctx, ['release'])

@@ -5,8 +5,12 @@
  *   publish XPUB   --SUB-> clients ("NODE\0"), frontends ("frontend\0")
  *                  at once on each subscription, on every change, and every REPUBLISH_MS
  *   stats   PULL   <-PUSH- clients' reports: a node appears (up) when it first reports and is
- *                  marked down after NODE_TTL_MS of silence; its instances then move
+ *                  marked down after NODE_TTL_MS of silence; its instances then move.
+ *                  Also frontends' deploy status (lib/protocol/frontend-report.ts): it decides
+ *                  when a retained earlier release may stop (plan.ts)
  *   slugs   ROUTER <-DEALER- clients fetching slug chunks (slugs.ts)
+ *   logs    ROUTER <-DEALER- clients shipping log lines (logs.ts); new lines go out on the
+ *                   XPUB as "logs.APP" for `bareku logs -f`
  *
  * Every change of the state (a command, a node up or down) goes through one queue: a draft is
  * changed, placed (plan.ts), saved atomically, and only then becomes the state and is published;
@@ -21,9 +25,16 @@ import { AppError, isAppError } from '../lib/errors.js'
 import type { Logger } from '../lib/log.js'
 import { encodeControlReply, parseControlRequest } from '../lib/protocol/control.js'
 import { encodePublication, FRONTEND_TOPIC, type HostList } from '../lib/protocol/host-list.js'
+import { isLogTopic } from '../lib/protocol/log-batch.js'
 import { parseNodeReport, type NodeReport } from '../lib/protocol/node-report.js'
+import {
+  isFrontendReport,
+  parseFrontendReport,
+  type FrontendReport,
+} from '../lib/protocol/frontend-report.js'
 import type { MasterSettings } from './config.js'
 import { runCommand, type Endpoints } from './control.js'
+import { logDir, openLogStore, serveLogs, type LogStore } from './logs.js'
 import { plan, type Observed, type Plan } from './plan.js'
 import { serveChunk } from './slugs.js'
 import { openState, plainKey, saveState, stateFile, type State } from './state.js'
@@ -82,8 +93,12 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
       }
       readyPorts[node] = Object.fromEntries(ready)
     }
-    return { busyPorts, readyPorts }
+    const lf = lastFrontend
+    const fresh = lf !== undefined && Date.now() - lf.at <= settings.nodeTtlMs
+    return { busyPorts, readyPorts, ...(fresh ? { frontend: lf.report.apps } : {}) }
   }
+  // The last deploy status a frontend sent, and when it came.
+  let lastFrontend: { report: FrontendReport; at: number } | undefined
   const observedOf = (r: NodeReport): string =>
     JSON.stringify(r.instances.map((i) => [i.name, i.state === 'ready', i.port ?? 0]).sort())
   const lastObserved = new Map<string, string>()
@@ -97,7 +112,11 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
   }
 
   const placed = (st: State): string =>
-    JSON.stringify([st.placement, st.nextPort, Object.values(st.apps).map((a) => a.handler)])
+    JSON.stringify([
+      st.placement,
+      st.nextPort,
+      Object.values(st.apps).map((a) => [a.handler, a.handlerPorts, a.retained]),
+    ])
 
   /**
    * Places the draft, saves it (when `changed`, or when placement changed), then makes it the
@@ -109,8 +128,14 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
     draft.placement = p.placement
     draft.nextPort = p.nextPort
     for (const app of Object.values(draft.apps)) {
+      // Handler ports are per release now (plan.ts); the per-app field is not carried on.
+      delete app.handler
       const h = p.handlers[app.name]
-      if (h) app.handler = h
+      if (h) app.handlerPorts = h
+      else delete app.handlerPorts
+      const kept = p.retained[app.name]
+      if (kept) app.retained = kept
+      else delete app.retained
     }
     for (const node of Object.values(draft.nodes)) {
       node.lastSeen = Math.max(node.lastSeen, lastSeen.get(node.name) ?? 0)
@@ -126,7 +151,8 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
   const control = new Router({ linger: 0 })
   const stats = new Pull({ linger: 0 })
   const slugs = new Router({ linger: 0 })
-  const sockets = [pub, control, stats, slugs]
+  const logs = new Router({ linger: 0 })
+  const sockets = [pub, control, stats, slugs, logs]
   let endpoints: Endpoints
   try {
     endpoints = {
@@ -134,6 +160,7 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
       publish: await bind(pub, settings.publish, 'publish'),
       stats: await bind(stats, settings.stats, 'stats'),
       slugs: await bind(slugs, settings.slugs, 'slugs'),
+      logs: await bind(logs, settings.logs, 'logs'),
     }
   } catch (err) {
     for (const s of sockets) s.close()
@@ -179,7 +206,7 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
         if (topic !== undefined) subscribed.delete(topic)
       } else if (prefix === '') {
         topics().forEach(publish)
-      } else if (topic !== undefined && TOPIC.test(topic)) {
+      } else if (topic !== undefined && TOPIC.test(topic) && !isLogTopic(topic)) {
         subscribed.add(topic)
         publish(topic)
       }
@@ -215,8 +242,30 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
       known === undefined ? 'node joined' : known.status === 'down' ? 'node up' : 'node changed',
     )
   }
+  const onFrontendReport = async (r: FrontendReport): Promise<void> => {
+    const before = lastFrontend && JSON.stringify(lastFrontend.report.apps)
+    const wasFresh = lastFrontend && Date.now() - lastFrontend.at <= settings.nodeTtlMs
+    lastFrontend = { report: r, at: Date.now() }
+    // A change of what it says (or its return) may let a retained release go.
+    if (before !== JSON.stringify(r.apps) || !wasFresh) {
+      await commit(structuredClone(state), false)
+    }
+  }
   const statsLoop = async (): Promise<void> => {
     for await (const frames of stats) {
+      if (frames.length === 1 && isFrontendReport(frames[0]!)) {
+        let fr: FrontendReport
+        try {
+          fr = parseFrontendReport(frames[0]!)
+        } catch (err) {
+          log.warn({ err: (err as Error).message }, 'frontend report dropped')
+          continue
+        }
+        await serial(() => onFrontendReport(fr)).catch((err: unknown) => {
+          log.error({ err: (err as Error).message }, 'frontend report not applied')
+        })
+        continue
+      }
       let report: NodeReport
       try {
         if (frames.length !== 1) {
@@ -299,14 +348,26 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
     }
   }
 
+  // ---- logs: stored, acked, and published as they come (never through the state queue)
+  const publishLines = (frames: Buffer[]): void => {
+    if (closed) return
+    sending = sending
+      .then(() => pub.send(frames))
+      .catch((err: unknown) => {
+        if (!closed) log.warn({ err: (err as Error).message }, 'log lines not published')
+      })
+  }
+  let logStore: LogStore
   try {
+    logStore = await openLogStore(logDir(settings.home), settings.logMaxBytes, log)
     // The placement of the loaded state, with today's settings (e.g. a changed port range).
     await serial(() => commit(structuredClone(state)))
   } catch (err) {
     for (const s of sockets) s.close()
     throw err
   }
-  const loops = [publishLoop, statsLoop, controlLoop, slugLoop].map((loop) =>
+  const logLoop = () => serveLogs(logs, logStore, publishLines, log)
+  const loops = [publishLoop, statsLoop, controlLoop, slugLoop, logLoop].map((loop) =>
     loop().catch((err: unknown) => {
       if (!closed) log.error({ err: (err as Error).message }, 'socket loop stopped')
     }),

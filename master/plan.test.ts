@@ -72,7 +72,12 @@ function applied(s: State, p: Plan): State {
   const next = structuredClone(s)
   next.placement = p.placement
   next.nextPort = p.nextPort
-  for (const [name, h] of Object.entries(p.handlers)) next.apps[name]!.handler = h
+  for (const a of Object.values(next.apps)) {
+    delete a.handlerPorts
+    delete a.retained
+  }
+  for (const [name, h] of Object.entries(p.handlers)) next.apps[name]!.handlerPorts = h
+  for (const [name, r] of Object.entries(p.retained)) next.apps[name]!.retained = r
   return next
 }
 
@@ -281,7 +286,7 @@ t.test('host lists: env, command, slug; the worker would accept them', async (t)
     host: 'n1',
     instances: [
       {
-        name: 'a.web.1',
+        name: 'a.web.1-v1',
         app: 'a',
         type: 'web',
         release: 1,
@@ -327,7 +332,7 @@ t.test('host lists: env, command, slug; the worker would accept them', async (t)
   )
 })
 
-t.test('handlers: endpoints in the env, ports per app, stable across releases', async (t) => {
+t.test('handlers: endpoints in the env, ports per app and release', async (t) => {
   const types = { 'chat-handler': 'node chat.js', handler: 'node h.js', worker: 'w' }
   t.ok(isHandlerType('handler') && isHandlerType('chat-handler') && !isHandlerType('handlers'))
   t.equal(senderId('a.chat_handler.1'), 'a-chat-handler-1', 'only what Mongrel2 ids allow')
@@ -338,23 +343,23 @@ t.test('handlers: endpoints in the env, ports per app, stable across releases', 
   ])
   const p0 = plan(s0, SETTINGS)
   t.same(p0.handlers, {
-    a: { sendPort: 9500, recvPort: 9501 },
-    b: { sendPort: 9502, recvPort: 9503 },
+    a: { '1': { sendPort: 9500, recvPort: 9501 } },
+    b: { '1': { sendPort: 9502, recvPort: 9503 } },
   })
   const envOf = (p: Plan, name: string) =>
     Object.values(p.hostLists)
       .flatMap((l) => l.instances)
       .find((i) => i.name === name)?.env
-  t.match(envOf(p0, 'a.chat-handler.2'), {
+  t.match(envOf(p0, 'a.chat-handler.2-v1'), {
     BAREKU_HANDLER_SEND_SPEC: 'tcp://127.0.0.1:9500',
     BAREKU_HANDLER_RECV_SPEC: 'tcp://127.0.0.1:9501',
     BAREKU_HANDLER_SENDER_ID: 'a-chat-handler-2',
   })
-  t.match(envOf(p0, 'b.handler.1'), { BAREKU_HANDLER_SEND_SPEC: 'tcp://127.0.0.1:9502' })
+  t.match(envOf(p0, 'b.handler.1-v1'), { BAREKU_HANDLER_SEND_SPEC: 'tcp://127.0.0.1:9502' })
   t.notOk(envOf(p0, 'a.worker.1')?.BAREKU_HANDLER_SEND_SPEC, 'not for other types')
-  t.notOk(envOf(p0, 'a.handler.1')?.PORT, 'a handler has no $PORT')
+  t.notOk(envOf(p0, 'a.handler.1-v1')?.PORT, 'a handler has no $PORT')
 
-  // A new release keeps the app's handler ports; a later app gets the next free pair.
+  // A new release gets ports of its own; with no frontend reporting, the old one's are freed.
   const s1 = applied(s0, p0)
   s1.apps.a!.releases.push(release(2, types))
   s1.apps.a!.current = 2
@@ -362,14 +367,15 @@ t.test('handlers: endpoints in the env, ports per app, stable across releases', 
   s1.apps.d = app('d', { handler: 1 }, { handler: 'h' })
   const p1 = plan(s1, SETTINGS)
   t.same(p1.handlers, {
-    a: { sendPort: 9500, recvPort: 9501 },
-    d: { sendPort: 9502, recvPort: 9503 },
+    a: { '2': { sendPort: 9502, recvPort: 9503 } },
+    d: { '1': { sendPort: 9504, recvPort: 9505 } },
   })
+  t.match(envOf(p1, 'a.handler.1-v2'), { BAREKU_HANDLER_SEND_SPEC: 'tcp://127.0.0.1:9502' })
 
   // No pair left: the handler instances are unplaced, with the reason.
   const tight = { ...SETTINGS, handlerPorts: { from: 9500, to: 9502 } }
   const p2 = plan(s0, tight)
-  t.same(p2.handlers, { a: { sendPort: 9500, recvPort: 9501 } })
+  t.same(p2.handlers, { a: { '1': { sendPort: 9500, recvPort: 9501 } } })
   t.same(p2.unplaced, [
     {
       instance: 'b.handler.1',
@@ -378,6 +384,104 @@ t.test('handlers: endpoints in the env, ports per app, stable across releases', 
       reason: 'no two free ports left in BAREKU_HANDLER_PORTS for its handlers',
     },
   ])
+})
+
+t.test('deploys: the previous release runs beside the new one until it drained', async (t) => {
+  const types = { handler: 'h', web: 'w', worker: 'k' }
+  const s0 = state({ n1: [10] }, [app('a', { handler: 2, web: 1, worker: 1 }, types)])
+  const p0 = plan(s0, SETTINGS)
+  const s1 = applied(s0, p0)
+  s1.apps.a!.releases.push(release(2, types))
+  s1.apps.a!.current = 2
+  const names = (p: Plan) => p.hostLists.n1!.instances.map((i) => i.name).sort()
+  const route = (p: Plan) => p.routes.servers[0]!.hosts[1]!.routes['/']!
+
+  // A frontend reports, still on v1: v1's web and handler instances stay (workers do not).
+  const v1only = {
+    a: { serving: 1, releases: [{ release: 1, ready: true, inFlight: 3, drained: false }] },
+  }
+  const p1 = plan(s1, SETTINGS, { frontend: {} })
+  t.same(names(p1), [
+    'a.handler.1-v1',
+    'a.handler.1-v2',
+    'a.handler.2-v1',
+    'a.handler.2-v2',
+    'a.web.1-v1',
+    'a.web.1-v2',
+    'a.worker.1',
+  ])
+  t.same(
+    p1.retained.a?.map((r) => r.release),
+    [1],
+  )
+  t.same(p1.handlers.a, {
+    '1': { sendPort: 9500, recvPort: 9501 },
+    '2': { sendPort: 9502, recvPort: 9503 },
+  })
+  const old = p0.hostLists.n1!.instances.find((i) => i.name === 'a.handler.1-v1')
+  t.same(
+    p1.hostLists.n1!.instances.find((i) => i.name === 'a.handler.1-v1'),
+    old,
+    'the retained instance is unchanged: the worker keeps it running',
+  )
+  const web1 = p0.placement['a.web.1']!.port
+  const web2 = p1.placement['a.web.1']!.port
+  t.not(web2, web1, 'the new web instance gets a new port')
+  t.same(route(p1), {
+    kind: 'releases',
+    app: 'a',
+    minReady: 1,
+    releases: [
+      { release: 2, target: { kind: 'proxy', backends: [{ addr: '10.0.0.1', port: web2 }] } },
+      { release: 1, target: { kind: 'proxy', backends: [{ addr: '10.0.0.1', port: web1 }] } },
+    ],
+  })
+  t.same(parseRouteTable(JSON.parse(JSON.stringify(p1.routes))), p1.routes, 'a valid table')
+
+  // Kept while the frontend serves v1, or serves v2 with v1 still busy.
+  const s2 = applied(s1, p1)
+  const busy = {
+    a: {
+      serving: 2,
+      releases: [
+        { release: 2, ready: true, inFlight: 0, drained: false },
+        { release: 1, ready: true, inFlight: 2, drained: false },
+      ],
+    },
+  }
+  for (const frontend of [v1only, busy]) {
+    t.same(
+      plan(s2, SETTINGS, { frontend }).retained.a?.map((r) => r.release),
+      [1],
+    )
+  }
+  // v2 serves and v1 drained: v1 goes, its ports are freed, the route is v2's alone.
+  const drained = structuredClone(busy)
+  drained.a.releases[1] = { release: 1, ready: true, inFlight: 0, drained: true }
+  const p3 = plan(s2, SETTINGS, { frontend: drained })
+  t.same(p3.retained, {})
+  t.same(names(p3), ['a.handler.1-v2', 'a.handler.2-v2', 'a.web.1-v2', 'a.worker.1'])
+  t.same(p3.handlers.a, { '2': { sendPort: 9502, recvPort: 9503 } })
+  t.same(route(p3), { kind: 'proxy', backends: [{ addr: '10.0.0.1', port: web2 }] })
+
+  // Two deploys in a row: v1 and v2 both stay until v3 serves.
+  const s4 = applied(s2, plan(s2, SETTINGS, { frontend: busy }))
+  s4.apps.a!.releases.push(release(3, types))
+  s4.apps.a!.current = 3
+  const p4 = plan(s4, SETTINGS, { frontend: busy })
+  t.same(
+    p4.retained.a?.map((r) => r.release),
+    [2, 1],
+  )
+  const rel = route(p4)
+  t.same(rel.kind === 'releases' ? rel.releases.map((r) => r.release) : [], [3, 2, 1])
+  // The frontend gone silent (no frontend in observed): nothing is retained.
+  t.same(plan(s4, SETTINGS).retained, {})
+  // A retained instance on a node that went down is dropped.
+  const s5 = structuredClone(s4)
+  s5.apps.a!.retained = p4.retained.a
+  s5.nodes.n1!.status = 'down'
+  t.same(plan(s5, SETTINGS, { frontend: busy }).retained, {})
 })
 
 t.test('route table: proxy over web instances, else handler endpoints', async (t) => {
@@ -435,31 +539,37 @@ t.test('route table: proxy over web instances, else handler endpoints', async (t
   t.same(names, ['default', 'a.localhost', 'b.localhost'])
 })
 
-t.test('route cutover: the old instance serves until the new one is reported ready', async (t) => {
-  const types = { web: 'w' }
-  const s0 = state({ n1: [10] }, [app('a', { web: 2 }, types)])
-  const p0 = plan(s0, SETTINGS)
-  const s1 = applied(s0, p0)
-  s1.apps.a!.releases.push(release(2, types))
-  s1.apps.a!.current = 2
-  const backends = (readyPorts: Record<string, Record<string, number[]>>) =>
-    (
-      plan(s1, SETTINGS, { readyPorts }).routes.servers[0]!.hosts[1]!.routes['/'] as ProxyTarget
-    ).backends.map((b) => b.port)
-  const [old1, old2] = [p0.placement['a.web.1']!.port!, p0.placement['a.web.2']!.port!]
-  const p1 = plan(s1, SETTINGS)
-  const [new1, new2] = [p1.placement['a.web.1']!.port!, p1.placement['a.web.2']!.port!]
-  const cases: [string, Record<string, Record<string, number[]>>, number[]][] = [
-    ['NOTHING REPORTED: THE PLANNED PORTS', {}, [new1, new2]],
-    ['ONLY THE OLD READY', { n1: { 'a.web.1': [old1], 'a.web.2': [old2] } }, [old1, old2]],
-    ['ONE NEW READY', { n1: { 'a.web.1': [old1, new1], 'a.web.2': [old2] } }, [new1, old2]],
-    ['BOTH NEW READY', { n1: { 'a.web.1': [new1], 'a.web.2': [old2, new2] } }, [new1, new2]],
-    ['READY ON ANOTHER NODE DOES NOT COUNT', { n9: { 'a.web.1': [old1] } }, [new1, new2]],
-  ]
-  for (const [name, ready, expected] of cases) t.same(backends(ready), expected, name)
-  t.same(
-    plan(s1, SETTINGS, { readyPorts: { n1: { 'a.web.1': [old1] } } }).placement,
-    p1.placement,
-    'readiness changes routes only, never placement',
-  )
-})
+t.test(
+  'route cutover on a restart: the old instance serves until the new one is ready',
+  async (t) => {
+    const types = { web: 'w' }
+    const s0 = state({ n1: [10] }, [app('a', { web: 2 }, types)])
+    const p0 = plan(s0, SETTINGS)
+    const s1 = applied(s0, p0)
+    s1.apps.a!.restarts = { web: 1 }
+    const backends = (readyPorts: Record<string, Record<string, number[]>>) =>
+      (
+        plan(s1, SETTINGS, { readyPorts }).routes.servers[0]!.hosts[1]!.routes['/'] as ProxyTarget
+      ).backends.map((b) => b.port)
+    const [old1, old2] = [p0.placement['a.web.1']!.port!, p0.placement['a.web.2']!.port!]
+    const p1 = plan(s1, SETTINGS)
+    const [new1, new2] = [p1.placement['a.web.1']!.port!, p1.placement['a.web.2']!.port!]
+    const cases: [string, Record<string, Record<string, number[]>>, number[]][] = [
+      ['NOTHING REPORTED: THE PLANNED PORTS', {}, [new1, new2]],
+      ['ONLY THE OLD READY', { n1: { 'a.web.1-v1': [old1], 'a.web.2-v1': [old2] } }, [old1, old2]],
+      ['ONE NEW READY', { n1: { 'a.web.1-v1': [old1, new1], 'a.web.2-v1': [old2] } }, [new1, old2]],
+      [
+        'BOTH NEW READY',
+        { n1: { 'a.web.1-v1': [new1], 'a.web.2-v1': [old2, new2] } },
+        [new1, new2],
+      ],
+      ['READY ON ANOTHER NODE DOES NOT COUNT', { n9: { 'a.web.1-v1': [old1] } }, [new1, new2]],
+    ]
+    for (const [name, ready, expected] of cases) t.same(backends(ready), expected, name)
+    t.same(
+      plan(s1, SETTINGS, { readyPorts: { n1: { 'a.web.1-v1': [old1] } } }).placement,
+      p1.placement,
+      'readiness changes routes only, never placement',
+    )
+  },
+)

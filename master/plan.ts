@@ -11,12 +11,23 @@
  *              while its node, release and restart number stay, else it gets a new one, never one
  *              in use on the node before (the worker replaces surge-first: old and new run side
  *              by side). A cursor per node walks the range, so a freed port is reused last.
- *   handlers   a type named `handler` or ending in `handler` gets the app's two frontend ports
- *              (send, recv) from BAREKU_HANDLER_PORTS, chosen once and kept across releases
+ *   handlers   a type named `handler` or ending in `handler` gets two frontend ports (send, recv)
+ *              from BAREKU_HANDLER_PORTS per app AND release: each release has its own handler
+ *              endpoints, kept while the release runs (current or retained), then freed
+ *   names      web and handler instances run under their release's name in the host lists,
+ *              "APP.TYPE.N-vR", so that a new release starts beside the old one instead of
+ *              replacing it in place (the worker replaces in place within a release: restarts)
+ *   retained   while a frontend reports (observed.frontend), the web and handler instances of
+ *              a release that stopped being current stay in the host lists (app.retained) until
+ *              the frontend says the current release serves (ready) and that one drained (or is
+ *              no longer in its table); then they leave and the worker stops them (SIGTERM,
+ *              SIGKILL after its grace). With no frontend reporting, nothing is retained.
  *   routes     per app a host NAME.DOMAIN and one per custom domain, route "/" -> a proxy over
  *              its web instances, else its handler endpoints; a default host with no routes.
+ *              With retained releases, a `releases` target lists the current and the retained
+ *              ones (newest first); the frontend routes to the newest ready one.
  *              A web instance whose new port is not reported ready yet while an older instance
- *              of its slot is ready is routed to the older one (zero-downtime cutover).
+ *              of its slot is ready is routed to the older one (a restart within a release).
  *
  * What cannot be placed (no node up, all full, no free port) is listed in `unplaced` with the
  * reason; it is left out of every host list.
@@ -26,12 +37,14 @@ import type {
   HandlerTarget,
   HostSpec,
   ProxyTarget,
+  ReleaseTarget,
   RouteTable,
   Target,
 } from '../lib/config/routes.js'
+import type { AppStatus } from '../lib/protocol/frontend-report.js'
 import type { HostInstance, HostList } from '../lib/protocol/host-list.js'
 import type { PortRange } from './config.js'
-import type { App, Release, Slot, State } from './state.js'
+import type { App, HandlerPorts, Release, Retained, Slot, State } from './state.js'
 
 /** The settings placement depends on (a subset of MasterSettings). */
 export interface PlanSettings {
@@ -52,8 +65,10 @@ export interface Unplaced {
 export interface Plan {
   placement: Record<string, Slot>
   nextPort: Record<string, number>
-  /** Handler ports of every app that has them (kept or newly chosen). */
-  handlers: Record<string, { sendPort: number; recvPort: number }>
+  /** Handler ports per app, per release (as a string) that has handler instances. */
+  handlers: Record<string, Record<string, HandlerPorts>>
+  /** Per app, the earlier releases whose web and handler instances still run. */
+  retained: Record<string, Retained[]>
   /** One list per known node (a down node's is empty). */
   hostLists: Record<string, HostList>
   routes: RouteTable
@@ -68,6 +83,16 @@ export const DEFAULT_HOST = 'default'
 /** True for a handler process type: `handler`, or a name ending in `handler`. */
 export function isHandlerType(type: string): boolean {
   return type.endsWith('handler')
+}
+
+/** Types whose new release starts beside the old one and takes over by connection. */
+export function isCutoverType(type: string): boolean {
+  return type === 'web' || isHandlerType(type)
+}
+
+/** The name an instance runs under on its node: web and handler ones carry their release. */
+export function hostInstanceName(name: string, type: string, release: number): string {
+  return isCutoverType(type) ? `${name}-v${release}` : name
 }
 
 /** The current release of an app, if it has one. */
@@ -93,6 +118,8 @@ interface Want {
   type: string
   n: number
   restart: number
+  /** Set for an instance of a retained release: where it runs, unchanged. */
+  kept?: Slot
 }
 
 function wanted(state: State): Want[] {
@@ -115,24 +142,50 @@ function sorted<T>(items: T[], key: (x: T) => string): T[] {
   return [...items].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0))
 }
 
-/** Chooses handler ports for apps whose current release has a handler type. */
-function handlerPorts(state: State, range: PortRange): Plan['handlers'] {
+/** The releases of an app that need handler ports: current and retained, with a handler type. */
+function handlerReleases(app: App, retained: Retained[]): number[] {
+  const out: number[] = []
+  const hasHandler = (r: Release | undefined): boolean =>
+    r !== undefined && Object.keys(r.processTypes).some(isHandlerType)
+  if (hasHandler(currentRelease(app))) out.push(app.current!)
+  for (const r of retained) if (hasHandler(app.releases[r.release - 1])) out.push(r.release)
+  return out.sort((a, b) => a - b)
+}
+
+/** Chooses handler ports per app and release; a release's ports stay until it is gone. */
+function handlerPorts(
+  state: State,
+  range: PortRange,
+  retained: Record<string, Retained[]>,
+): Plan['handlers'] {
   const out: Plan['handlers'] = {}
   const taken = new Set<number>()
-  for (const app of Object.values(state.apps)) {
-    if (app.handler) {
-      out[app.name] = { ...app.handler }
-      taken.add(app.handler.sendPort).add(app.handler.recvPort)
+  const apps = sorted(Object.values(state.apps), (a) => a.name)
+  const need = new Map(apps.map((a) => [a.name, handlerReleases(a, retained[a.name] ?? [])]))
+  for (const app of apps) {
+    for (const rel of need.get(app.name)!) {
+      const h = app.handlerPorts?.[String(rel)]
+      if (!h || taken.has(h.sendPort) || taken.has(h.recvPort)) continue
+      ;(out[app.name] ??= {})[String(rel)] = { ...h }
+      taken.add(h.sendPort).add(h.recvPort)
     }
   }
-  for (const app of sorted(Object.values(state.apps), (a) => a.name)) {
-    const release = currentRelease(app)
-    if (out[app.name] || !release || !Object.keys(release.processTypes).some(isHandlerType)) {
-      continue
-    }
-    for (let p = range.from; p < range.to; p++) {
-      if (!taken.has(p) && !taken.has(p + 1)) {
-        out[app.name] = { sendPort: p, recvPort: p + 1 }
+  // Ports a release just gave up are taken last: its processes may still be stopping.
+  const before = new Set(
+    apps.flatMap((a) =>
+      Object.values(a.handlerPorts ?? {}).flatMap((h) => [h.sendPort, h.recvPort]),
+    ),
+  )
+  const free = (p: number, strict: boolean): boolean =>
+    !taken.has(p) && !taken.has(p + 1) && (!strict || (!before.has(p) && !before.has(p + 1)))
+  for (const app of apps) {
+    for (const rel of need.get(app.name)!) {
+      if (out[app.name]?.[String(rel)]) continue
+      for (const strict of [true, false]) {
+        let p = range.from
+        while (p < range.to && !free(p, strict)) p++
+        if (p >= range.to) continue
+        ;(out[app.name] ??= {})[String(rel)] = { sendPort: p, recvPort: p + 1 }
         taken.add(p).add(p + 1)
         break
       }
@@ -141,12 +194,56 @@ function handlerPorts(state: State, range: PortRange): Plan['handlers'] {
   return out
 }
 
+/**
+ * The earlier releases to keep running per app: the ones kept so far, plus the web and handler
+ * instances the last placement ran for a release that is no longer current; minus those the
+ * frontend reports drained while the current release serves, and instances on nodes not up.
+ */
+function retention(
+  state: State,
+  frontend: Record<string, AppStatus> | undefined,
+  isUp: (node: string) => boolean,
+): Record<string, Retained[]> {
+  const out: Record<string, Retained[]> = {}
+  if (frontend === undefined) return out
+  for (const app of sorted(Object.values(state.apps), (a) => a.name)) {
+    const current = app.current
+    if (current === null) continue
+    const byRelease = new Map<number, Record<string, Slot>>()
+    for (const r of app.retained ?? []) byRelease.set(r.release, { ...r.placement })
+    for (const [name, slot] of Object.entries(state.placement)) {
+      const [appName, type = ''] = name.split('.')
+      if (appName !== app.name || slot.release === current || !isCutoverType(type)) continue
+      if (!byRelease.has(slot.release)) byRelease.set(slot.release, {})
+      byRelease.get(slot.release)![name] = { ...slot }
+    }
+    const seen = frontend[app.name]
+    const serves =
+      seen !== undefined &&
+      seen.serving === current &&
+      seen.releases.some((r) => r.release === current && r.ready)
+    const keep: Retained[] = []
+    for (const release of [...byRelease.keys()].sort((a, b) => b - a)) {
+      if (release >= current || app.releases[release - 1] === undefined) continue
+      if (serves && (seen.releases.find((r) => r.release === release)?.drained ?? true)) continue
+      const placement = Object.fromEntries(
+        Object.entries(byRelease.get(release)!).filter(([, s]) => isUp(s.node)),
+      )
+      if (Object.keys(placement).length > 0) keep.push({ release, placement })
+    }
+    if (keep.length > 0) out[app.name] = keep
+  }
+  return out
+}
+
 /** What the nodes last reported, as placement uses it. */
 export interface Observed {
   /** Per node, the ports its instances use (a new web port avoids them). */
   busyPorts?: Record<string, readonly number[]>
-  /** Per node, per instance slot (APP.TYPE.N), the ports of its instances reported ready. */
+  /** Per node, per instance name (without a surge suffix), the ports of those reported ready. */
   readyPorts?: Record<string, Record<string, readonly number[]>>
+  /** The frontend's last deploy status, per app; undefined when no frontend reports. */
+  frontend?: Record<string, AppStatus>
 }
 
 /** The plan for `state`, given what the nodes last reported. */
@@ -157,7 +254,8 @@ export function plan(state: State, settings: PlanSettings, observed: Observed = 
     .filter((n) => nodes[n]!.status === 'up')
     .sort()
   const isUp = (n: string): boolean => Object.hasOwn(nodes, n) && nodes[n]!.status === 'up'
-  const handlers = handlerPorts(state, settings.handlerPorts)
+  const retained = retention(state, observed.frontend, isUp)
+  const handlers = handlerPorts(state, settings.handlerPorts, retained)
   const unplaced: Unplaced[] = []
   const used = new Map<string, number>(upNodes.map((n) => [n, 0]))
   const sameType = new Map<string, number>()
@@ -171,7 +269,7 @@ export function plan(state: State, settings: PlanSettings, observed: Observed = 
   const room = (node: string): boolean => (used.get(node) ?? 0) < nodes[node]!.capacity
 
   const wants = wanted(state).filter((w) => {
-    if (isHandlerType(w.type) && !handlers[w.app.name]) {
+    if (isHandlerType(w.type) && !handlers[w.app.name]?.[String(w.release.version)]) {
       unplaced.push(miss(w, 'no two free ports left in BAREKU_HANDLER_PORTS for its handlers'))
       return false
     }
@@ -213,6 +311,14 @@ export function plan(state: State, settings: PlanSettings, observed: Observed = 
     if (!set) reserved.set(node, (set = new Set()))
     return set
   }
+  // Retained instances keep their ports: no new one may take them.
+  for (const list of Object.values(retained)) {
+    for (const r of list) {
+      for (const slot of Object.values(r.placement)) {
+        if (slot.port !== undefined) portsOn(slot.node).add(slot.port)
+      }
+    }
+  }
   const webs: Want[] = []
   for (const w of wants) {
     const node = nodeOf.get(w.name)
@@ -230,7 +336,10 @@ export function plan(state: State, settings: PlanSettings, observed: Observed = 
     }
   }
   const before = new Map<string, Set<number>>()
-  for (const s of Object.values(state.placement)) {
+  const retainedSlots = Object.values(state.apps).flatMap((a) =>
+    (a.retained ?? []).flatMap((r) => Object.values(r.placement)),
+  )
+  for (const s of [...Object.values(state.placement), ...retainedSlots]) {
     if (s.port === undefined) continue
     if (!before.has(s.node)) before.set(s.node, new Set())
     before.get(s.node)!.add(s.port)
@@ -264,14 +373,41 @@ export function plan(state: State, settings: PlanSettings, observed: Observed = 
     nextPort[node] = port === to ? from : port + 1
   }
 
+  const kept = keptWants(state, retained)
   return {
     placement,
     nextPort,
     handlers,
-    hostLists: hostLists(state, wants, placement, handlers, settings),
-    routes: routeTable(state, wants, placement, handlers, settings, observed.readyPorts ?? {}),
+    retained,
+    hostLists: hostLists(state, [...wants, ...kept], placement, handlers, settings),
+    routes: routeTable(
+      state,
+      wants,
+      kept,
+      placement,
+      handlers,
+      settings,
+      observed.readyPorts ?? {},
+    ),
     unplaced,
   }
+}
+
+/** The instances of retained releases, as wants with their slot kept. */
+function keptWants(state: State, retained: Record<string, Retained[]>): Want[] {
+  const out: Want[] = []
+  for (const [appName, list] of Object.entries(retained)) {
+    const app = state.apps[appName]!
+    for (const r of list) {
+      const release = app.releases[r.release - 1]!
+      for (const [name, slot] of Object.entries(r.placement).sort()) {
+        const [, type = '', n = '0'] = name.split('.')
+        if (release.processTypes[type] === undefined) continue
+        out.push({ name, app, release, type, n: Number(n), restart: slot.restart, kept: slot })
+      }
+    }
+  }
+  return out
 }
 
 function miss(w: Want, reason: string): Unplaced {
@@ -290,7 +426,7 @@ function hostLists(
     lists[name] = { host: name, instances: [], slugs: {} }
   }
   for (const w of wants) {
-    const slot = placement[w.name]
+    const slot = w.kept ?? placement[w.name]
     const list = slot && lists[slot.node]
     if (!slot || !list) continue
     const env: Record<string, string> = {
@@ -301,14 +437,14 @@ function hostLists(
       BAREKU_RESTART: String(w.restart),
     }
     if (slot.port !== undefined) env.PORT = String(slot.port)
-    const h = handlers[w.app.name]
+    const h = handlers[w.app.name]?.[String(w.release.version)]
     if (isHandlerType(w.type) && h) {
       env.BAREKU_HANDLER_SEND_SPEC = `tcp://${settings.handlerHost}:${h.sendPort}`
       env.BAREKU_HANDLER_RECV_SPEC = `tcp://${settings.handlerHost}:${h.recvPort}`
       env.BAREKU_HANDLER_SENDER_ID = senderId(w.name)
     }
     const inst: HostInstance = {
-      name: w.name,
+      name: hostInstanceName(w.name, w.type, w.release.version),
       app: w.app.name,
       type: w.type,
       release: w.release.version,
@@ -323,31 +459,37 @@ function hostLists(
   return lists
 }
 
-/** The route target of an app: its web instances, else its handler endpoints, else none. */
-function appTarget(
+/**
+ * The route target of one release of an app: its web instances, else its handler endpoints,
+ * else none. `mine` are that release's instances (current or kept).
+ */
+function releaseTarget(
   app: App,
-  wants: Want[],
+  version: number,
+  mine: Want[],
   placement: Record<string, Slot>,
   state: State,
   handlers: Plan['handlers'],
   settings: PlanSettings,
   readyPorts: NonNullable<Observed['readyPorts']>,
-): Target | undefined {
-  const mine = wants.filter((w) => w.app === app)
+): HandlerTarget | ProxyTarget | undefined {
   const backends: ProxyTarget['backends'] = []
   for (const w of mine) {
-    const slot = placement[w.name]
+    const slot = w.kept ?? placement[w.name]
     const node = slot && state.nodes[slot.node]
     if (w.type !== 'web' || slot?.port === undefined || !node) continue
-    // Cutover: until the new instance is ready, route to the old one still serving in its slot.
-    const ready = readyPorts[slot.node]?.[w.name] ?? []
+    // A restart within the release: until the new instance is ready, route to the old one still
+    // serving in its slot (the worker replaces it in place, surge-first).
+    const ready = w.kept
+      ? []
+      : (readyPorts[slot.node]?.[hostInstanceName(w.name, 'web', version)] ?? [])
     const ports = ready.length === 0 || ready.includes(slot.port) ? [slot.port] : ready
     for (const port of ports) backends.push({ addr: node.addr, port })
   }
   if (backends.length > 0) return { kind: 'proxy', backends }
-  const h = handlers[app.name]
+  const h = handlers[app.name]?.[String(version)]
   if (h && mine.some((w) => isHandlerType(w.type))) {
-    const target: HandlerTarget = {
+    return {
       kind: 'handler',
       sendSpec: `tcp://${settings.handlerHost}:${h.sendPort}`,
       sendIdent: handlerIdent(app.name),
@@ -356,9 +498,45 @@ function appTarget(
       protocol: 'json',
       rawPayload: false,
     }
-    return target
   }
   return undefined
+}
+
+/** The route target of an app: one release's, or its releases side by side during a deploy. */
+function appTarget(
+  app: App,
+  wants: Want[],
+  kept: Want[],
+  placement: Record<string, Slot>,
+  state: State,
+  handlers: Plan['handlers'],
+  settings: PlanSettings,
+  readyPorts: NonNullable<Observed['readyPorts']>,
+): Target | undefined {
+  const versions = new Map<number, Want[]>()
+  for (const w of [...wants, ...kept]) {
+    if (w.app !== app) continue
+    const v = w.release.version
+    versions.set(v, [...(versions.get(v) ?? []), w])
+  }
+  const releases: ReleaseTarget[] = []
+  for (const v of [...versions.keys()].sort((a, b) => b - a)) {
+    const mine = versions.get(v)!
+    const target = releaseTarget(app, v, mine, placement, state, handlers, settings, readyPorts)
+    if (!target) continue
+    // The check of the type that is routed to: web for a proxy, else the first handler type.
+    const checks = mine[0]!.release.healthchecks ?? {}
+    const type =
+      target.kind === 'proxy'
+        ? 'web'
+        : mine.map((w) => w.type).find((t) => isHandlerType(t) && Object.hasOwn(checks, t))
+    const healthcheck = type === undefined ? undefined : checks[type]
+    releases.push(healthcheck ? { release: v, target, healthcheck } : { release: v, target })
+  }
+  if (releases.length === 0) return undefined
+  // One release with no health check to pass: a plain target, as a Mongrel2 config has.
+  if (releases.length === 1 && !releases[0]!.healthcheck) return releases[0]!.target
+  return { kind: 'releases', app: app.name, minReady: 1, releases }
 }
 
 /** The host names an app answers to: NAME.DOMAIN, then its custom domains. */
@@ -369,6 +547,7 @@ export function appHosts(app: App, domain: string): string[] {
 function routeTable(
   state: State,
   wants: Want[],
+  kept: Want[],
   placement: Record<string, Slot>,
   handlers: Plan['handlers'],
   settings: PlanSettings,
@@ -377,7 +556,7 @@ function routeTable(
   const hosts: HostSpec[] = [{ name: DEFAULT_HOST, matching: DEFAULT_HOST, routes: {} }]
   const seen = new Set([DEFAULT_HOST])
   for (const app of sorted(Object.values(state.apps), (a) => a.name)) {
-    const target = appTarget(app, wants, placement, state, handlers, settings, readyPorts)
+    const target = appTarget(app, wants, kept, placement, state, handlers, settings, readyPorts)
     if (!target) continue
     for (const name of appHosts(app, settings.domain)) {
       // A duplicate (e.g. after BAREKU_DOMAIN changed) would make the frontend refuse the whole

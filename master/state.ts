@@ -7,10 +7,17 @@
  *   App     = { "name": NAME, "createdAt": ISO, "config": { KEY: STRING },
  *               "formation": { TYPE: INT }, "releases": [Release, ...], "current": INT | null,
  *               "domains": [DOMAIN, ...], "handler"?: { "sendPort": PORT, "recvPort": PORT },
- *               "restarts": { TYPE: INT } }          ; ps:restart bumps a type's number
+ *               "restarts": { TYPE: INT },          ; ps:restart bumps a type's number
+ *               "handlerPorts"?: { RELEASE: { "sendPort": PORT, "recvPort": PORT } },
+ *                                  ; per release with handler instances (current or retained)
+ *               "retained"?: [{ "release": INT, "placement": { INSTANCE: Slot } }, ...] }
+ *                                  ; web and handler instances of earlier releases kept running
+ *                                  ; until the frontend reports the current one serving and them
+ *                                  ; drained (plan.ts); "handler" is the pre-release-ports field
  *   Release = { "version": INT >= 1, "slug": { "sha256": HEX64, "size": INT },
  *               "processTypes": { TYPE: COMMAND }, "config": { KEY: STRING },
- *               "commit"?: STRING, "by": STRING, "at": ISO, "description": STRING }
+ *               "commit"?: STRING, "by": STRING, "at": ISO, "description": STRING,
+ *               "healthchecks"?: { TYPE: HealthCheck } }   ; lib/config/routes.ts, app.json's
  *   Node    = { "name": NODE, "addr": HOST, "capacity": INT, "lastSeen": INT (ms),
  *               "status": "up" | "down" }
  *   Slot    = { "node": NODE, "release": INT, "restart": INT, "port"?: PORT }
@@ -27,6 +34,7 @@ import { mkdirSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { AppError } from '../lib/errors.js'
 import { writeFileAtomic } from '../lib/fs-atomic.js'
+import { parseHealthCheck, type HealthCheck } from '../lib/config/routes.js'
 
 export interface Release {
   version: number
@@ -37,6 +45,8 @@ export interface Release {
   by: string
   at: string
   description: string
+  /** Per process type (web, a handler type): checked by the frontend before routing to it. */
+  healthchecks?: Record<string, HealthCheck>
 }
 
 export interface App {
@@ -49,6 +59,19 @@ export interface App {
   domains: string[]
   handler?: { sendPort: number; recvPort: number }
   restarts: Record<string, number>
+  handlerPorts?: Record<string, HandlerPorts>
+  retained?: Retained[]
+}
+
+export interface HandlerPorts {
+  sendPort: number
+  recvPort: number
+}
+
+/** The instances of an earlier release kept running through a deploy (see plan.ts). */
+export interface Retained {
+  release: number
+  placement: Record<string, Slot>
 }
 
 export type NodeStatus = 'up' | 'down'
@@ -208,7 +231,17 @@ function release(v: unknown, path: string): Release {
   const f = fields(
     v,
     path,
-    ['version', 'slug', 'processTypes', 'config', 'commit', 'by', 'at', 'description'],
+    [
+      'version',
+      'slug',
+      'processTypes',
+      'config',
+      'commit',
+      'by',
+      'at',
+      'description',
+      'healthchecks',
+    ],
     ['version', 'slug', 'processTypes', 'config', 'by', 'at', 'description'],
   )
   const r: Release = {
@@ -221,7 +254,20 @@ function release(v: unknown, path: string): Release {
     description: str(f.description, `${path}.description`),
   }
   if (f.commit !== undefined) r.commit = str(f.commit, `${path}.commit`)
+  if (f.healthchecks !== undefined)
+    r.healthchecks = healthchecks(f.healthchecks, `${path}.healthchecks`)
   return r
+}
+
+/** A release's health checks by process type; bad ones are Invalid, like every other field. */
+export function healthchecks(v: unknown, path: string): Record<string, HealthCheck> {
+  return map(v, path, PROCESS_TYPE, 'a process type', (x, at) => {
+    try {
+      return parseHealthCheck(x, at)
+    } catch (err) {
+      throw new Invalid(at, (err as Error).message.replace(/^.* must be /, ''), x)
+    }
+  })
 }
 
 function app(v: unknown, path: string, key: string): App {
@@ -238,6 +284,8 @@ function app(v: unknown, path: string, key: string): App {
       'domains',
       'handler',
       'restarts',
+      'handlerPorts',
+      'retained',
     ],
     ['name', 'createdAt', 'config', 'formation', 'releases', 'current', 'domains', 'restarts'],
   )
@@ -275,6 +323,34 @@ function app(v: unknown, path: string, key: string): App {
       sendPort: int(h.sendPort, `${path}.handler.sendPort`, 1, 65535),
       recvPort: int(h.recvPort, `${path}.handler.recvPort`, 1, 65535),
     }
+  }
+  if (f.handlerPorts !== undefined) {
+    a.handlerPorts = map(
+      f.handlerPorts,
+      `${path}.handlerPorts`,
+      /^[1-9][0-9]*$/,
+      'a release number',
+      (x, at) => {
+        const h = fields(x, at, ['sendPort', 'recvPort'])
+        return {
+          sendPort: int(h.sendPort, `${at}.sendPort`, 1, 65535),
+          recvPort: int(h.recvPort, `${at}.recvPort`, 1, 65535),
+        }
+      },
+    )
+  }
+  if (f.retained !== undefined) {
+    if (!Array.isArray(f.retained)) throw new Invalid(`${path}.retained`, 'a list', f.retained)
+    a.retained = f.retained.map((x, i) => {
+      const at = `${path}.retained[${i}]`
+      const r = fields(x, at, ['release', 'placement'])
+      return {
+        release: int(r.release, `${at}.release`, 1, releases.length),
+        placement: map(r.placement, `${at}.placement`, INSTANCE, 'an instance name', (y, p) =>
+          slot(y, p),
+        ),
+      }
+    })
   }
   return a
 }

@@ -52,6 +52,8 @@ export interface MasterEndpoints {
   publish: string
   stats: string
   slugs: string
+  /** Where nodes ship log lines; absent from a master without log shipping. */
+  logs?: string
 }
 
 /**
@@ -65,7 +67,7 @@ export function reachable(bound: string, via: string): string {
   return `tcp://${host}:${m[2]}`
 }
 
-/** Asks the master at `control` for its publish, stats and slug endpoints, made reachable. */
+/** Asks the master at `control` for its publish, stats, slug (and logs) endpoints, reachable. */
 export async function masterEndpoints(
   control: string,
   opts: CallOptions = {},
@@ -82,5 +84,6 @@ export async function masterEndpoints(
     }
     out[key] = reachable(value, control)
   }
+  if (typeof r?.logs === 'string') out.logs = reachable(r.logs, control)
   return out as MasterEndpoints
 }

@@ -287,7 +287,7 @@ t.test('bad tables are E_ROUTES and name the bad field', async (t) => {
     [
       'UNKNOWN KIND',
       bad(['servers', 0, 'hosts', 0, 'routes', '/', 'kind'], 'Handler'),
-      /\.kind must be 'handler', 'dir' or 'proxy', got "Handler"/,
+      /\.kind must be 'handler', 'dir', 'proxy' or 'releases', got "Handler"/,
     ],
     [
       'FIELD OF ANOTHER KIND',
@@ -385,6 +385,90 @@ t.test('bad tables are E_ROUTES and name the bad field', async (t) => {
   ]
   for (const [name, json, message] of cases) {
     t.throws(() => parseRouteTable(json), { code: 'E_ROUTES', message }, name)
+  }
+})
+
+t.test("releases: an app's releases side by side, checked and round-tripped", async (t) => {
+  const handler = (port: number) => ({
+    kind: 'handler',
+    sendSpec: `tcp://127.0.0.1:${port}`,
+    sendIdent: 'app-ident',
+    recvSpec: `tcp://127.0.0.1:${port + 1}`,
+  })
+  const table = (target: unknown) => ({
+    servers: [
+      {
+        uuid: 'u',
+        name: 'bareku',
+        port: 80,
+        defaultHost: 'd',
+        hosts: [{ name: 'd', routes: { '/': target } }],
+      },
+    ],
+  })
+  const parsed = parseRouteTable(
+    table({
+      kind: 'releases',
+      app: 'shop',
+      releases: [
+        { release: 3, target: handler(9502) },
+        { release: 2, target: A_TARGET },
+      ],
+    }),
+  )
+  const target = parsed.servers[0]!.hosts[0]!.routes['/']!
+  t.match(target, {
+    kind: 'releases',
+    app: 'shop',
+    minReady: 1,
+    releases: [
+      { release: 3, target: { kind: 'handler', recvIdent: '', protocol: 'json' } },
+      { release: 2, target: A_TARGET },
+    ],
+  })
+  t.same(parseRouteTable(JSON.parse(encodeRouteTable(parsed))), parsed, 'round trip')
+  const cases: [string, unknown, RegExp][] = [
+    ['NO RELEASES', { kind: 'releases', app: 'a', releases: [] }, /releases must be at least one/],
+    [
+      'A DIR',
+      { kind: 'releases', app: 'a', releases: [{ release: 1, target: { kind: 'dir' } }] },
+      /releases\[0\]\.target/,
+    ],
+    [
+      'RELEASE 0',
+      { kind: 'releases', app: 'a', releases: [{ release: 0, target: A_TARGET }] },
+      /releases\[0\]\.release must be a release number/,
+    ],
+    [
+      'TWICE',
+      {
+        kind: 'releases',
+        app: 'a',
+        releases: [
+          { release: 1, target: A_TARGET },
+          { release: 1, target: A_TARGET },
+        ],
+      },
+      /repeats/,
+    ],
+    [
+      'NESTED',
+      {
+        kind: 'releases',
+        app: 'a',
+        releases: [{ release: 1, target: { kind: 'releases', app: 'a', releases: [] } }],
+      },
+      /releases must be at least one|target\.kind must be 'handler' or 'proxy'/,
+    ],
+    ['NO APP', { kind: 'releases', releases: [{ release: 1, target: A_TARGET }] }, /\.app must be/],
+    [
+      'MIN READY 0',
+      { kind: 'releases', app: 'a', minReady: 0, releases: [{ release: 1, target: A_TARGET }] },
+      /minReady must be/,
+    ],
+  ]
+  for (const [name, target, message] of cases) {
+    t.throws(() => parseRouteTable(table(target)), { code: 'E_ROUTES', message }, name)
   }
 })
 

@@ -15,6 +15,19 @@
  *              | { "kind": "dir", "base" (ends with "/"), "indexFile", "defaultCtype",
  *                  "cacheTtl"? = 0 }
  *              | { "kind": "proxy", "backends": [{ "addr", "port" }, ...] }   ; at least one
+ *              | { "kind": "releases", "app", "minReady"? = 1,
+ *                  "releases": [{ "release": INT >= 1, "target": Target,
+ *                                 "healthcheck"?: HealthCheck }, ...] }
+ *                  ; the releases of one app during a deploy (master tables only): each
+ *                  ; release's own handler or proxy target (not dir, not releases), at least
+ *                  ; one, release numbers unique. The frontend sends each new request to the
+ *                  ; newest release that is ready (minReady handlers connected, or a proxy
+ *                  ; backend that passed its health check), lets the older ones drain, and
+ *                  ; reports to the master (lib/protocol/frontend-report.ts).
+ *   HealthCheck = { "path" (starts with "/"), "method"? = "GET" | "HEAD", "status"? = 200,
+ *                   "match"? (a substring the body must contain), "attempts"? = 3 (failures
+ *                   allowed before the release counts as failed), "timeoutMs"? = 2000,
+ *                   "intervalMs"? = 1000 }   ; the app's app.json "healthchecks" entry
  *   ports are integers 0..65535; specs are ZeroMQ endpoints (tcp://, ipc://, inproc://);
  *   sendIdent is non-empty without white space; host names and matchings are unique per server.
  *
@@ -52,7 +65,38 @@ export interface ProxyTarget {
   backends: { addr: string; port: number }[]
 }
 
-export type Target = HandlerTarget | DirTarget | ProxyTarget
+/** A check a release must pass, through its own handlers or backends, before it is routed to. */
+export interface HealthCheck {
+  path: string
+  method: 'GET' | 'HEAD'
+  status: number
+  match?: string
+  attempts: number
+  timeoutMs: number
+  intervalMs: number
+}
+
+/** One release's target within a ReleasesTarget. */
+export interface ReleaseTarget {
+  release: number
+  target: HandlerTarget | ProxyTarget
+  healthcheck?: HealthCheck
+}
+
+/** The releases of an app side by side during a deploy; see the grammar above. */
+export interface ReleasesTarget {
+  kind: 'releases'
+  app: string
+  minReady: number
+  releases: ReleaseTarget[]
+}
+
+export type Target = HandlerTarget | DirTarget | ProxyTarget | ReleasesTarget
+
+/** The single targets a route leads to: itself, or each release's. */
+export function leafTargets(t: Target): (HandlerTarget | DirTarget | ProxyTarget)[] {
+  return t.kind === 'releases' ? t.releases.map((r) => r.target) : [t]
+}
 
 /** A virtual host: `matching` is compared with the end of the Host header. */
 export interface HostSpec {
@@ -199,6 +243,17 @@ export function encodeRouteTable(t: RouteTable, opts: { indent?: number } = {}):
 
 function encodeTarget(t: Target): Target {
   switch (t.kind) {
+    case 'releases':
+      return {
+        kind: 'releases',
+        app: t.app,
+        minReady: t.minReady,
+        releases: t.releases.map((r) => ({
+          release: r.release,
+          target: encodeTarget(r.target) as HandlerTarget | ProxyTarget,
+          ...(r.healthcheck ? { healthcheck: { ...r.healthcheck } } : {}),
+        })),
+      }
     case 'handler':
       return {
         kind: 'handler',
@@ -353,8 +408,89 @@ function target(value: unknown, path: string): Target {
       if (backends.length === 0) fail(`${path}.backends`, 'at least one { addr, port }', [])
       return { kind, backends }
     }
+    case 'releases': {
+      const f = fields(value, path, ['kind', 'app', 'minReady', 'releases'])
+      const minReady = f.get('minReady') ?? 1
+      if (typeof minReady !== 'number' || !Number.isInteger(minReady) || minReady < 1) {
+        fail(`${path}.minReady`, 'a whole number of handlers, 1 or more', minReady)
+      }
+      const releases = array(f.get('releases'), `${path}.releases`).map((v, i) => {
+        const at = `${path}.releases[${i}]`
+        const r = fields(v, at, ['release', 'target', 'healthcheck'])
+        const release = r.get('release')
+        if (typeof release !== 'number' || !Number.isInteger(release) || release < 1) {
+          fail(`${at}.release`, 'a release number, 1 or more', release)
+        }
+        const t = target(r.get('target'), `${at}.target`)
+        if (t.kind !== 'handler' && t.kind !== 'proxy') {
+          fail(`${at}.target.kind`, "'handler' or 'proxy'", t.kind)
+        }
+        const hc = r.get('healthcheck')
+        return hc === undefined
+          ? { release, target: t }
+          : { release, target: t, healthcheck: parseHealthCheck(hc, `${at}.healthcheck`) }
+      })
+      if (releases.length === 0) fail(`${path}.releases`, 'at least one { release, target }', [])
+      unique(releases, (r) => String(r.release), `${path}.releases`, 'release')
+      return {
+        kind,
+        app: text(f.get('app'), `${path}.app`, "the app's name, such as 'shop'"),
+        minReady,
+        releases,
+      }
+    }
     default:
-      return fail(`${path}.kind`, "'handler', 'dir' or 'proxy'", kind)
+      return fail(`${path}.kind`, "'handler', 'dir', 'proxy' or 'releases'", kind)
+  }
+}
+
+/**
+ * Validates a health check (a route table's, or an app.json "healthchecks" entry given to
+ * releases:add), filling in the defaults. Throws AppError(code) naming the bad field.
+ */
+export function parseHealthCheck(
+  value: unknown,
+  path: string,
+  code: 'E_ROUTES' | 'E_CONTROL' = 'E_ROUTES',
+): HealthCheck {
+  try {
+    const f = fields(value, path, [
+      'path',
+      'method',
+      'status',
+      'match',
+      'attempts',
+      'timeoutMs',
+      'intervalMs',
+    ])
+    const at = (key: string): string => `${path}.${key}`
+    const p = f.get('path')
+    if (typeof p !== 'string' || !/^\/[!-~]*$/.test(p)) {
+      fail(at('path'), "a path starting with '/' without spaces, such as '/health'", p)
+    }
+    const method = f.get('method') ?? 'GET'
+    if (method !== 'GET' && method !== 'HEAD') fail(at('method'), "'GET' or 'HEAD'", method)
+    const whole = (key: string, fallback: number, min: number, max: number): number => {
+      const v = f.get(key) ?? fallback
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+        fail(at(key), `a whole number from ${min} to ${max}`, v)
+      }
+      return v
+    }
+    const check: HealthCheck = {
+      path: p,
+      method,
+      status: whole('status', 200, 100, 599),
+      attempts: whole('attempts', 3, 1, 1000),
+      timeoutMs: whole('timeoutMs', 2000, 1, 600_000),
+      intervalMs: whole('intervalMs', 1000, 1, 600_000),
+    }
+    const match = f.get('match')
+    if (match !== undefined) check.match = str(match, at('match'))
+    return check
+  } catch (err) {
+    if (code === 'E_ROUTES' || !(err instanceof AppError)) throw err
+    throw new AppError(code, err.message)
   }
 }
 

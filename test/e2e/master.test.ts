@@ -32,7 +32,7 @@ const BAREKU = join(REPO, 'bin', 'bareku')
 const TTL_MS = 1500
 const REPORT_MS = 100
 
-type Endpoints = { control: string; publish: string; stats: string; slugs: string }
+type Endpoints = { control: string; publish: string; stats: string; slugs: string; logs: string }
 
 async function until<T>(
   what: string,
@@ -70,6 +70,7 @@ async function startMaster(
       BAREKU_MASTER_PUBLISH: at?.publish ?? 'tcp://127.0.0.1:0',
       BAREKU_MASTER_STATS: at?.stats ?? 'tcp://127.0.0.1:0',
       BAREKU_MASTER_SLUGS: at?.slugs ?? 'tcp://127.0.0.1:0',
+      BAREKU_MASTER_LOGS: at?.logs ?? 'tcp://127.0.0.1:0',
       BAREKU_MASTER_NODE_TTL_MS: String(TTL_MS),
       LOG_LEVEL: 'info',
       ...env,

@@ -42,6 +42,7 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
     BAREKU_MASTER_PUBLISH: 'tcp://127.0.0.1:0',
     BAREKU_MASTER_STATS: 'tcp://127.0.0.1:0',
     BAREKU_MASTER_SLUGS: 'tcp://127.0.0.1:0',
+    BAREKU_MASTER_LOGS: 'tcp://127.0.0.1:0',
   }
   const up = () => {
     const proc = startProcess(BAREKU, ['up', '--port', '0'], { env })

@@ -1,0 +1,157 @@
+/**
+ * Release-aware routing in the real frontend process, from a JSON route table with a
+ * `releases` target (what the master publishes during a deploy): new requests go to the newest
+ * release with a connected handler; a WebSocket stays on the release it was opened on until
+ * limits.websocket_drain after the newer release took over, then is closed with 1001 (going
+ * away) and a new one goes to the new release; the older release is then logged drained.
+ */
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import WebSocket from 'ws'
+import { logRecord, REPO, startProcess, type Proc } from '../helpers/process.js'
+
+const PYTHON = '/usr/bin/python3'
+const HANDLER = join(REPO, 'test/fixtures/apps/release-handler/handler.py')
+
+const handler = (ident: string) => ({
+  kind: 'handler',
+  sendSpec: 'tcp://127.0.0.1:*',
+  sendIdent: ident,
+  recvSpec: 'tcp://127.0.0.1:*',
+})
+const table = {
+  servers: [
+    {
+      uuid: 'deploy',
+      name: 'main',
+      bindAddr: '127.0.0.1',
+      port: 0,
+      defaultHost: 'shop',
+      hosts: [
+        {
+          name: 'shop',
+          routes: {
+            '/': {
+              kind: 'releases',
+              app: 'shop',
+              releases: [
+                { release: 2, target: handler('rel-2') },
+                { release: 1, target: handler('rel-1') },
+              ],
+            },
+          },
+        },
+      ],
+    },
+  ],
+  settings: { 'limits.websocket_drain': 1500, 'limits.handler_wait': 5000 },
+}
+
+let fe: Proc
+let port = 0
+let endpoints: Map<string, { sendSpec: string; recvSpec: string }>
+t.before(async () => {
+  const dir = t.testdir()
+  const file = join(dir, 'routes.json')
+  writeFileSync(file, JSON.stringify(table))
+  fe = startProcess(join(REPO, 'bin/bareku'), ['frontend', '--config', file], {
+    env: { BAREKU_FRONTEND_LISTEN: '127.0.0.1:0' },
+    cwd: dir,
+  })
+  const ready = logRecord(await fe.waitFor((l) => logRecord(l)?.msg === 'ready'))!
+  const server = (
+    ready.endpoints as {
+      servers: {
+        port: number
+        handlers: { sendIdent: string; sendSpec: string; recvSpec: string }[]
+      }[]
+    }
+  ).servers[0]!
+  port = server.port
+  endpoints = new Map(server.handlers.map((h) => [h.sendIdent, h]))
+})
+t.teardown(() => fe.stop())
+
+async function startHandler(t: Test, release: number): Promise<Proc> {
+  const ep = endpoints.get(`rel-${release}`)!
+  const p = startProcess(PYTHON, [HANDLER], {
+    env: {
+      BAREKU_HANDLER_SEND_SPEC: ep.sendSpec,
+      BAREKU_HANDLER_RECV_SPEC: ep.recvSpec,
+      BAREKU_RELEASE: `v${release}`,
+      INSTANCE: `r${release}`,
+    },
+  })
+  t.teardown(() => p.stop(500))
+  await p.waitFor(/^ready$/)
+  return p
+}
+
+async function text(path: string): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, { headers: { host: 'shop' } })
+  return res.text()
+}
+
+function openWs(): Promise<{ ws: WebSocket; next(): Promise<string>; closed: Promise<number> }> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: 'shop' } })
+  const queue: string[] = []
+  const waiting: ((m: string) => void)[] = []
+  ws.on('message', (data: Buffer) => {
+    const m = data.toString('utf8')
+    const w = waiting.shift()
+    if (w) w(m)
+    else queue.push(m)
+  })
+  const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)))
+  return new Promise((resolve, reject) => {
+    ws.on('open', () =>
+      resolve({
+        ws,
+        closed,
+        next: () =>
+          queue.length > 0
+            ? Promise.resolve(queue.shift()!)
+            : new Promise<string>((r) => waiting.push(r)),
+      }),
+    )
+    ws.on('error', reject)
+  })
+}
+
+t.test(
+  'new requests go to the newest ready release; WebSockets move after the drain',
+  async (t) => {
+    await startHandler(t, 1)
+    t.equal(await text('/a'), 'release v1 instance r1 path /a', 'only v1 connected: v1 serves')
+    const old = await openWs()
+    old.ws.send('hi')
+    t.equal(await old.next(), 'release v1 ws hi')
+
+    const mark = fe.lines.length
+    await startHandler(t, 2)
+    await fe.waitFor(
+      (l) =>
+        logRecord(l)?.msg === 'release serving' &&
+        logRecord(l)?.release === 2 &&
+        fe.lines.indexOf(l) >= mark,
+    )
+    t.equal(
+      await text('/b'),
+      'release v2 instance r2 path /b',
+      'v2 connected: new requests go to v2',
+    )
+    old.ws.send('still')
+    t.equal(await old.next(), 'release v1 ws still', 'the open WebSocket stays on v1')
+
+    const started = Date.now()
+    t.equal(await old.closed, 1001, 'closed with going away after limits.websocket_drain')
+    t.ok(Date.now() - started > 500, 'not at once')
+    await fe.waitFor((l) => logRecord(l)?.msg === 'release drained' && logRecord(l)?.release === 1)
+    const fresh = await openWs()
+    fresh.ws.send('hello')
+    t.equal(await fresh.next(), 'release v2 ws hello', 'a new WebSocket goes to v2')
+    fresh.ws.close()
+    await fresh.closed
+  },
+)
