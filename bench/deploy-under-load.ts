@@ -2,17 +2,18 @@
  * @module Deploys under load: a real one-node cluster (bin/bareku master, worker, client and a
  * frontend following the master, each a process on loopback) runs an app that answers with its
  * BAREKU_RELEASE; a load generator keeps N keep-alive connections busy against it through the
- * frontend while the app is redeployed R times in a row (releases:add of the same slug: a new
- * release each time) and one of its instances is killed with SIGKILL. It prints requests sent,
+ * frontend while the app is redeployed R times in a row (config:set: a new release of the same
+ * slug each time) and one of its instances is killed with SIGKILL. It prints requests sent,
  * answered by release, errors, lost requests, and p99 latency during the cutovers against the
- * steady state. Run: `npm run bench:deploy` (bounded: DEPLOY_SECONDS of load per kind at most).
+ * steady state. Run: `npm run bench:deploy-under-load` (bounded: DEPLOY_SECONDS of load per
+ * kind at most).
  *
  *   load (N conns) ──HTTP──> frontend ──> handler app (python3-zmq)  or  web app ($PORT, node)
  *   bench ──control API──> master: releases:add x R; SIGKILL one instance in between
  *
  * test/e2e/deploy.test.ts runs the same with small numbers and fails on any error.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { Agent, request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -208,6 +209,8 @@ export async function until<T>(
 export async function deployUnderLoad(run: DeployRun): Promise<DeployResult> {
   const say = run.log ?? (() => {})
   const dir = run.dir ?? mkdtempSync(join(tmpdir(), 'bk-deploy-'))
+  // Apps run as nobody when the worker is root: they must reach their slug below it.
+  chmodSync(dir, 0o755)
   const home = join(dir, 'home')
   const deadline = Date.now() + (run.timeoutMs ?? 300_000)
   const left = (): number => Math.max(1000, deadline - Date.now())

@@ -72,6 +72,8 @@ interface Route {
   release: boolean
   /** When an older release's WebSockets are closed (going away). */
   wsDeadline?: NodeJS.Timeout
+  /** Gone from the table, waiting for its requests in flight (at most RETIRE_MAX_MS). */
+  retiring?: NodeJS.Timeout
 }
 
 /** An app's releases side by side, as the frontend sees them (lib/protocol/frontend-report.ts). */
@@ -79,7 +81,13 @@ export interface AppReleases {
   app: string
   /** The release new requests go to. */
   serving: number
-  releases: { release: number; ready: boolean; inFlight: number; drained: boolean }[]
+  releases: {
+    release: number
+    ready: boolean
+    inFlight: number
+    drained: boolean
+    failed: boolean
+  }[]
 }
 
 interface HttpConn {
@@ -236,6 +244,15 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         const key = routeKey(target)
         used.add(key)
         if (routes.has(key)) continue
+        const back = retiring.get(key)
+        if (back) {
+          // Named again before it finished retiring: its sockets are still bound, keep them.
+          clearTimeout(back.retiring)
+          back.retiring = undefined
+          retiring.delete(key)
+          routes.set(key, back)
+          continue
+        }
         const route: Route = {
           target,
           socket: undefined as unknown as ZmtpHandlerSocket,
@@ -280,28 +297,56 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       clearTimeout(h.timer)
       health.delete(key)
     }
+    let busy = 0
     for (const conn of [...conns.values()]) {
       if (conn.route !== route) continue
       if (conn.kind === 'probe') {
         conn.settle(false, 'the release was retired')
-        continue
-      }
-      if (conn.kind === 'ws') {
+      } else if (conn.kind === 'ws') {
         if (conn.ws && !conn.closing) {
           conn.closing = true
           conn.ws.end(1001, 'going away')
+          notice(route, conn.id)
         }
         conns.delete(conn.id)
-        continue
+      } else if (!conn.done) {
+        busy++
       }
-      if (conn.done) continue
-      finish(conn)
-      if (conn.replied) conn.res.close()
-      else fail(conn.res, 503, RETRY_AFTER, 'This release was retired during the request; retry.')
     }
     clearTimeout(route.wsDeadline)
+    if (busy === 0) return closeRoute(route)
+    // Requests still in its hands finish first (a release the master dropped early, e.g. while
+    // the frontend's reports were not reaching it); its sockets close with the last of them.
+    retiring.set(routeKey(route.target), route)
+    route.retiring = setTimeout(() => {
+      for (const conn of [...conns.values()]) {
+        if (conn.route !== route || conn.kind !== 'http' || conn.done) continue
+        finish(conn)
+        if (conn.replied) conn.res.close()
+        else fail(conn.res, 503, RETRY_AFTER, 'This release was retired during the request; retry.')
+      }
+      closeRoute(route)
+    }, RETIRE_MAX_MS)
+    log.info({ handler: route.target.sendIdent, inFlight: busy }, 'handler retiring')
+  }
+
+  /** Routes gone from the table that still have requests in flight, by key. */
+  const retiring = new Map<string, Route>()
+
+  function closeRoute(route: Route): void {
+    clearTimeout(route.retiring)
+    route.retiring = undefined
+    retiring.delete(routeKey(route.target))
     route.socket.close()
     log.info({ handler: route.target.sendIdent }, 'handler removed')
+  }
+
+  /** A retiring route whose last request finished closes now. */
+  function retired(route: Route): void {
+    for (const conn of conns.values()) {
+      if (conn.route === route && conn.kind === 'http' && !conn.done) return
+    }
+    closeRoute(route)
   }
 
   await bindHandlers(server)
@@ -404,6 +449,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     conn.route.held.delete(conn)
     conns.delete(conn.id)
     if (conn.route.release) statusChanged()
+    if (conn.route.retiring) retired(conn.route)
   }
 
   /** Answers with a short plain-text error of the frontend's own, then closes (as Mongrel2 does). */
@@ -789,7 +835,13 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
               : (inFlight.get(routes.get(routeKey(r.target))!) ?? 0)
           // Older than a release that serves and took over, with nothing left in flight.
           const drained = r.release < now.release && releaseReady(now, t.minReady) && busy === 0
-          return { release: r.release, ready: releaseReady(r, t.minReady), inFlight: busy, drained }
+          return {
+            release: r.release,
+            ready: releaseReady(r, t.minReady),
+            inFlight: busy,
+            drained,
+            failed: releaseFailed(r),
+          }
         })
         out.push({ app: t.app, serving: now.release, releases })
       }
@@ -1337,6 +1389,10 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       clearTimeout(statusTimer)
       for (const h of health.values()) clearTimeout(h.timer)
       for (const route of routes.values()) clearTimeout(route.wsDeadline)
+      for (const route of retiring.values()) {
+        clearTimeout(route.retiring)
+        route.socket.close()
+      }
       for (const conn of conns.values()) if (conn.kind === 'probe') clearTimeout(conn.timer)
       uWS.us_listen_socket_close(listenSocket)
       app.close()
@@ -1356,6 +1412,8 @@ interface ProxyUse {
   target: ProxyTarget
   check?: HealthCheck
 }
+/** Longest a handler gone from the table stays bound for the requests it still has, ms. */
+const RETIRE_MAX_MS = 60_000
 /** Status recomputations within this long are one. */
 const STATUS_COALESCE_MS = 20
 const RETRY_AFTER: [string, string][] = [['Retry-After', '5']]

@@ -188,6 +188,23 @@ function addRelease(
   return release
 }
 
+/**
+ * Where release `version`'s health check stands, as the frontend reports it: 'none' without a
+ * check (or without a frontend reporting, when nothing can check it), else pending, passed (the
+ * frontend routes to it) or failed.
+ */
+function healthcheckState(
+  app: App,
+  version: number,
+  ctx: CommandContext,
+): 'none' | 'pending' | 'passed' | 'failed' {
+  const checks = app.releases[version - 1]?.healthchecks
+  if (!checks || Object.keys(checks).length === 0 || !ctx.plan.frontend) return 'none'
+  const seen = ctx.plan.frontend[app.name]?.releases.find((r) => r.release === version)
+  if (seen?.failed === true) return 'failed'
+  return seen?.ready === true ? 'passed' : 'pending'
+}
+
 /** releases:add's healthchecks argument, checked; each names a process type of the release. */
 function checks(v: unknown, types: Record<string, string>): Release['healthchecks'] {
   let out: NonNullable<Release['healthchecks']>
@@ -616,7 +633,12 @@ const COMMANDS: Record<string, Command> = {
       for (const e of ctx.reports.get(n.node)?.errors ?? []) errors.push(`${n.node}: ${e}`)
     }
     const current = app.current === version
-    const done = current && unplaced === 0 && nodes.every((n) => n.ready >= n.desired)
+    const check = healthcheckState(app, version, ctx)
+    const done =
+      current &&
+      unplaced === 0 &&
+      nodes.every((n) => n.ready >= n.desired) &&
+      (check === 'none' || check === 'passed')
     const reasons = ctx.plan.unplaced.filter((u) => u.app === app.name).map((u) => u.reason)
     return read({
       app: app.name,
@@ -626,6 +648,12 @@ const COMMANDS: Record<string, Command> = {
       nodes,
       unplaced,
       errors: [...errors, ...new Set(reasons)],
+      healthcheck: check,
+      ...(check === 'failed'
+        ? {
+            failed: `v${version} failed its health check (app.json "healthchecks"): the frontend never routes to it and the previous release keeps serving; fix the app or the check and push again`,
+          }
+        : {}),
     })
   },
 }

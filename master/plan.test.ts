@@ -477,6 +477,10 @@ t.test('deploys: the previous release runs beside the new one until it drained',
   t.same(rel.kind === 'releases' ? rel.releases.map((r) => r.release) : [], [3, 2, 1])
   // The frontend gone silent (no frontend in observed): nothing is retained.
   t.same(plan(s4, SETTINGS).retained, {})
+  // Scaled to 0: nothing takes over, so nothing is kept.
+  const s6 = structuredClone(s4)
+  s6.apps.a!.formation = { handler: 0, web: 0, worker: 1 }
+  t.same(plan(s6, SETTINGS, { frontend: busy }).retained, {})
   // A retained instance on a node that went down is dropped.
   const s5 = structuredClone(s4)
   s5.apps.a!.retained = p4.retained.a

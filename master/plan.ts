@@ -69,6 +69,8 @@ export interface Plan {
   handlers: Record<string, Record<string, HandlerPorts>>
   /** Per app, the earlier releases whose web and handler instances still run. */
   retained: Record<string, Retained[]>
+  /** What the frontend last reported of the apps deploying (undefined: no frontend reports). */
+  frontend?: Record<string, AppStatus>
   /** One list per known node (a down node's is empty). */
   hostLists: Record<string, HostList>
   routes: RouteTable
@@ -208,7 +210,13 @@ function retention(
   if (frontend === undefined) return out
   for (const app of sorted(Object.values(state.apps), (a) => a.name)) {
     const current = app.current
-    if (current === null) continue
+    const cur = currentRelease(app)
+    if (current === null || cur === undefined) continue
+    // Nothing of the current release to take over (scaled to 0, or no such type): nothing kept.
+    const takesOver = Object.keys(cur.processTypes).some(
+      (t) => isCutoverType(t) && (Object.hasOwn(app.formation, t) ? app.formation[t]! : 0) > 0,
+    )
+    if (!takesOver) continue
     const byRelease = new Map<number, Record<string, Slot>>()
     for (const r of app.retained ?? []) byRelease.set(r.release, { ...r.placement })
     for (const [name, slot] of Object.entries(state.placement)) {
@@ -379,6 +387,7 @@ export function plan(state: State, settings: PlanSettings, observed: Observed = 
     nextPort,
     handlers,
     retained,
+    ...(observed.frontend ? { frontend: observed.frontend } : {}),
     hostLists: hostLists(state, [...wants, ...kept], placement, handlers, settings),
     routes: routeTable(
       state,

@@ -16,6 +16,17 @@
  * A request is "in flight" from when it is yielded until a final reply to its connection
  * (replyHttp, the end of a stream, acceptWebSocket, close, or done). drain() stops taking requests,
  * waits for the in-flight ones, flushes and closes.
+ *
+ * The drain protocol, for handlers in any language (what the Bareku frontend relies on):
+ *   1. on SIGTERM, close the PULL at once (linger 0): the frontend sends this process nothing
+ *      more; what libzmq had queued but the app had not read is lost, and the frontend treats
+ *      it as lost (below);
+ *   2. finish the requests in hand and send their replies on the PUB, which stays open;
+ *   3. close the PUB (with a linger long enough to flush) and exit, before the worker's SIGKILL.
+ * The frontend retries (GET/HEAD without a body) or answers 502 the requests a closed PULL took
+ * and never answered: at once when the process is seen gone (its PUB closed too, within 250 ms,
+ * or no PUB is left), else after limits.handler_lost_grace (default 5 s). So a draining handler
+ * should answer within that grace.
  */
 import { randomUUID } from 'node:crypto'
 import { Pull, XPublisher } from 'zeromq'

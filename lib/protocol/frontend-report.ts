@@ -12,7 +12,8 @@
  *                     "ready": BOOL,       ; minReady handlers connected (and health checked),
  *                                         ; or a proxy backend that passed its health check
  *                     "inFlight": INT,    ; requests and WebSockets still on it
- *                     "drained": BOOL }   ; older than a ready serving release, nothing in flight
+ *                     "drained": BOOL,    ; older than a ready serving release, nothing in flight
+ *                     "failed"?: BOOL }   ; its health check failed: it is never routed to
  *
  * The master drops an older release's instances (the worker then stops them) once a report says
  * the app's newest release is ready and serving and the older one drained. With several
@@ -26,6 +27,7 @@ export interface ReleaseStatus {
   ready: boolean
   inFlight: number
   drained: boolean
+  failed?: boolean
 }
 
 export interface AppStatus {
@@ -106,12 +108,14 @@ export function parseFrontendReport(frame: Buffer): FrontendReport {
       releases: a.releases.map((x: unknown, i): ReleaseStatus => {
         const f = `apps.${name}.releases[${i}]`
         const s = obj(x, f)
-        return {
+        const out: ReleaseStatus = {
           release: int(s.release, `${f}.release`, 1),
           ready: bool(s.ready, `${f}.ready`),
           inFlight: int(s.inFlight, `${f}.inFlight`),
           drained: bool(s.drained, `${f}.drained`),
         }
+        if (s.failed !== undefined) out.failed = bool(s.failed, `${f}.failed`)
+        return out
       }),
     }
   }

@@ -49,11 +49,12 @@ const table = {
 }
 
 let fe: Proc
+let file = ''
 let port = 0
 let endpoints: Map<string, { sendSpec: string; recvSpec: string }>
 t.before(async () => {
   const dir = t.testdir()
-  const file = join(dir, 'routes.json')
+  file = join(dir, 'routes.json')
   writeFileSync(file, JSON.stringify(table))
   fe = startProcess(join(REPO, 'bin/bareku'), ['frontend', '--config', file], {
     env: { BAREKU_FRONTEND_LISTEN: '127.0.0.1:0' },
@@ -155,3 +156,25 @@ t.test(
     await fresh.closed
   },
 )
+
+t.test('a release dropped from the table finishes the requests it has first', async (t) => {
+  const v1 = await startHandler(t, 1)
+  t.equal(await text('/a'), 'release v1 instance r1 path /a', 'only v1 connected: v1 serves')
+  const slow = text('/slow/800')
+  await v1.waitFor(/^got \/slow\/800$/)
+  // The table loses release 1 while its handler holds the slow request.
+  const only2 = structuredClone(table)
+  const route = only2.servers[0]!.hosts[0]!.routes['/']
+  route.releases = route.releases.filter((r) => r.release === 2)
+  writeFileSync(file, JSON.stringify(only2))
+  const mark = fe.lines.length
+  fe.child.kill('SIGHUP')
+  await fe.waitFor((l) => logRecord(l)?.msg === 'handler retiring' && fe.lines.indexOf(l) >= mark)
+  t.equal(await slow, 'release v1 instance r1 path /slow/800', 'answered by the retiring release')
+  await fe.waitFor(
+    (l) =>
+      logRecord(l)?.msg === 'handler removed' &&
+      logRecord(l)?.handler === 'rel-1' &&
+      fe.lines.indexOf(l) >= mark,
+  )
+})

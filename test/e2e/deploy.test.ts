@@ -7,7 +7,7 @@
  * old instances must be stopped once drained. A release whose health check fails runs beside
  * the old one and is never routed to.
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { Agent } from 'node:http'
 import { join } from 'node:path'
@@ -48,6 +48,8 @@ for (const kind of ['handler', 'web'] as AppKind[]) {
 t.test('a release whose health check fails is never routed to; a passing one is', async (t) => {
   // Not t.testdir(): its removal would run before the cluster's processes are stopped.
   const dir = mkdtempSync(join(tmpdir(), 'bk-health-'))
+  // Apps run as nobody when the worker is root: they must reach their slug below it.
+  chmodSync(dir, 0o755)
   const home = join(dir, 'home')
   const cluster = await startCluster(home)
   t.teardown(async () => {
@@ -69,7 +71,11 @@ t.test('a release whose health check fails is never routed to; a passing one is'
     'v1 answers',
     async () => (await get(probe, cluster.port, host, '/')).release === 'v1',
     30_000,
-  )
+  ).catch((err: unknown) => {
+    t.comment(cluster.frontend.lines.slice(-30).join('\n'))
+    t.comment(JSON.stringify(workerStatus(home)))
+    throw err
+  })
 
   const load = startLoad(cluster.port, host, 5)
   const mark = cluster.frontend.lines.length
@@ -96,6 +102,18 @@ t.test('a release whose health check fails is never routed to; a passing one is'
       cluster.frontend.lines.indexOf(l) >= mark,
     30_000,
   )
+  // The hook's deploy:status says so: the push is to be rejected.
+  const v2 = await until(
+    'deploy:status says the check failed',
+    async () => {
+      const st = (await cluster.call('deploy:status', { app, release: 2 })) as {
+        healthcheck: string
+      }
+      return st.healthcheck === 'failed' && st
+    },
+    30_000,
+  )
+  t.match(v2, { done: false, failed: /v2 failed its health check/ })
   // v2 runs beside v1, and gets nothing.
   const at = load.samples.length
   await until('more answers', () => load.samples.length > at + 200, 30_000)
@@ -126,6 +144,15 @@ t.test('a release whose health check fails is never routed to; a passing one is'
     t.comment(JSON.stringify(workerStatus(home)))
     throw err
   })
+  const v3 = await until(
+    'deploy:status says v3 is done',
+    async () => {
+      const st = (await cluster.call('deploy:status', { app, release: 3 })) as { done: boolean }
+      return st.done && st
+    },
+    30_000,
+  )
+  t.match(v3, { healthcheck: 'passed' })
   const { sent, lost } = await load.stop()
   const releases = new Set(load.samples.map((s) => s.release ?? s.error))
   t.equal(lost, 0, 'nothing lost')
