@@ -41,6 +41,9 @@ options and settings:
                      the master's endpoints (default tcp://127.0.0.1:7070 to 7074)
 `
 
+/** How long a daemon may take to log "ready". */
+const START_TIMEOUT_MS = 60_000
+
 /** The master's endpoints (its ready line) and the settings that name them. */
 const MASTER_ENDPOINTS = {
   control: 'BAREKU_MASTER_CONTROL',
@@ -152,7 +155,8 @@ export async function up(args: string[], env: NodeJS.ProcessEnv): Promise<void> 
     BAREKU_FRONTEND_LISTEN: `127.0.0.1:${opts.port}`,
     BAREKU_NODE: env.BAREKU_NODE || hostname().replace(/[^A-Za-z0-9_.-]/g, '-') || 'node1',
     BAREKU_WORKER_STOP_ON_EXIT: '1',
-    LOG_LEVEL: env.LOG_LEVEL || 'info',
+    // The daemons' "ready" lines are at info: a quieter level would hide them from us.
+    LOG_LEVEL: ['debug', 'trace'].includes(env.LOG_LEVEL ?? '') ? env.LOG_LEVEL : 'info',
   }
   const daemons: Daemon[] = (['master', 'worker', 'client', 'frontend'] as const).map((name) => ({
     name,
@@ -169,6 +173,15 @@ export async function up(args: string[], env: NodeJS.ProcessEnv): Promise<void> 
         stdio: ['ignore', 'pipe', 'pipe'],
       })
       d.child = child
+      const startTimer = setTimeout(() => {
+        child.kill('SIGKILL')
+        reject(
+          new AppError(
+            'E_CONFIG',
+            `the ${d.name} was not ready within ${START_TIMEOUT_MS / 1000} s; see ${join(opts.home, 'log', `${d.name}.log`)}`,
+          ),
+        )
+      }, START_TIMEOUT_MS)
       let pending = ''
       let lastLine = ''
       child.stderr.pipe(log, { end: false })
@@ -186,6 +199,7 @@ export async function up(args: string[], env: NodeJS.ProcessEnv): Promise<void> 
           }
           if (rec.msg === 'ready' && d.ready === undefined) {
             d.ready = rec
+            clearTimeout(startTimer)
             resolve()
           }
           if (typeof rec.level === 'number' && rec.level >= 50)
@@ -197,6 +211,7 @@ export async function up(args: string[], env: NodeJS.ProcessEnv): Promise<void> 
         if (text) lastLine = text.split('\n').pop()!
       })
       child.on('exit', (code, signal) => {
+        clearTimeout(startTimer)
         log.end()
         d.child = undefined
         if (d.ready === undefined) {
