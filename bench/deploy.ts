@@ -193,7 +193,7 @@ async function main(): Promise<void> {
   )
   console.log(line(head))
   console.log(
-    `|${widths.map((w, i) => (i < 2 ? `-${'-'.repeat(w)}-` : `-${'-'.repeat(w - 1)}:-`)).join('|')}|`,
+    `|${widths.map((w, i) => (i < 2 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`,
   )
   for (const r of rows) console.log(line(r))
   console.log(
