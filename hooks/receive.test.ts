@@ -18,7 +18,9 @@ import {
   loadHookSettings,
   Output,
   parseRefUpdates,
+  readHealthchecks,
   runReleaseCommand,
+  waitForDeploy,
 } from './receive.js'
 
 const A = 'a'.repeat(40)
@@ -199,4 +201,39 @@ t.test('release command: env and .profile.d, failures and timeout', async (t) =>
     message: /did not finish within 300 ms/,
   })
   t.ok(Date.now() - started < 10_000, 'killed, with its children')
+})
+
+t.test('app.json health checks are read for releases:add', async (t) => {
+  const dir = t.testdir({
+    none: {},
+    plain: { 'app.json': JSON.stringify({ name: 'x' }) },
+    checks: { 'app.json': JSON.stringify({ healthchecks: { web: { path: '/health' } } }) },
+    broken: { 'app.json': '{"healthchecks": ' },
+  })
+  t.equal(readHealthchecks(join(dir, 'none')), undefined, 'no app.json: none')
+  t.equal(readHealthchecks(join(dir, 'plain')), undefined, 'no key: none')
+  t.same(readHealthchecks(join(dir, 'checks')), { web: { path: '/health' } })
+  t.throws(() => readHealthchecks(join(dir, 'broken')), {
+    code: 'E_BUILD',
+    message: /app\.json is not valid JSON/,
+  })
+})
+
+t.test('a release that fails its health check ends the wait at once', async (t) => {
+  const { out } = capture()
+  const failed = 'v3 failed its health check (app.json "healthchecks")'
+  const call = (cmd: string): Promise<unknown> =>
+    Promise.resolve(
+      cmd === 'deploy:status'
+        ? { done: false, nodes: [{ node: 'n1', desired: 1, ready: 1 }], failed }
+        : [],
+    )
+  // A 60 s deadline: the answer comes at the first poll, well inside the file's timeout.
+  const r = await waitForDeploy(call, 'shop', 3, {
+    out,
+    timeoutMs: 60_000,
+    pollMs: 50,
+    appWord: /shop/,
+  })
+  t.same(r, { done: false, why: failed })
 })

@@ -418,6 +418,8 @@ interface DeployNode {
 }
 interface DeployStatus {
   done: boolean
+  /** Set when the release failed its health check: it will never be routed to. */
+  failed?: string
   nodes: DeployNode[]
   unplaced?: number
   errors?: string[]
@@ -473,6 +475,7 @@ export async function waitForDeploy(
         }
       }
       if (last.done) return { done: true }
+      if (last.failed !== undefined) return { done: false, why: last.failed }
       const crashing = await crashLoops(call, app, version)
       if (crashing.length > 0) {
         return {
@@ -511,6 +514,29 @@ export async function waitForDeploy(
   }
   if (lines.length === 0) lines.push('the master never reported the release done')
   return { done: false, why: lines.join('\n') }
+}
+
+/**
+ * app.json's "healthchecks" (Heroku's manifest file), which the master checks in full; a missing
+ * app.json or key is none, an unreadable one is an E_BUILD naming the fix.
+ */
+export function readHealthchecks(buildDir: string): unknown {
+  let text: string
+  try {
+    text = readFileSync(join(buildDir, 'app.json'), 'utf8')
+  } catch {
+    return undefined
+  }
+  let manifest: unknown
+  try {
+    manifest = JSON.parse(text)
+  } catch (err) {
+    throw new AppError(
+      'E_BUILD',
+      `app.json is not valid JSON (${(err as Error).message}): fix it or remove it, then push again`,
+    )
+  }
+  return (manifest as { healthchecks?: unknown } | null)?.healthchecks
 }
 
 /** A release whose instance crashed this many times while starting is given up at once. */
@@ -651,10 +677,12 @@ export async function deploy(s: HookSettings, ctx: PushContext, update: RefUpdat
     }
 
     const subject = (await git(['log', '-1', '--format=%s', commit], ctx.git)).stdout.trim()
+    const healthchecks = readHealthchecks(scratch)
     const release = (await call('releases:add', {
       app,
       slug: { sha256: slug.sha256, size: slug.size },
       processTypes,
+      ...(healthchecks === undefined ? {} : { healthchecks }),
       commit,
       by: s.user.slice(0, 200),
       description: `Deploy ${commit.slice(0, 7)}${subject ? `: ${subject}` : ''}`.slice(0, 500),
