@@ -15,6 +15,34 @@ const DAEMONS = `daemons (one per machine role; 'bareku DAEMON --help' lists its
                            or the master's routes without FILE)
 `
 
+const DAEMON_NAMES = ['up', 'master', 'client', 'worker', 'frontend']
+
+/** The name nearest to `word` by edit distance, if any is within a third of its length. */
+export function closest(word: string, names: string[]): string | undefined {
+  const distance = (a: string, b: string): number => {
+    let prev = Array.from({ length: b.length + 1 }, (_, j) => j)
+    for (let i = 1; i <= a.length; i++) {
+      const row = [i]
+      for (let j = 1; j <= b.length; j++) {
+        row[j] = Math.min(
+          prev[j]! + 1,
+          row[j - 1]! + 1,
+          prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
+        )
+      }
+      prev = row
+    }
+    return prev[b.length]!
+  }
+  let best: string | undefined
+  let bestD = Math.max(2, Math.ceil(word.length / 3)) + 1
+  for (const name of names) {
+    const d = distance(word, name)
+    if (d < bestD) [best, bestD] = [name, d]
+  }
+  return best
+}
+
 function usage(): string {
   const width = Math.max(...Object.values(VERBS).map((v) => v.usage.split(' ')[0]!.length))
   const verbs = Object.entries(VERBS)
@@ -58,7 +86,11 @@ async function run(argv: string[]): Promise<void> {
   }
   const verb = VERBS[command]
   if (verb === undefined) {
-    process.stderr.write(`bareku: unknown command "${command}"\n\n${usage()}`)
+    const near = closest(command, [...Object.keys(VERBS), ...DAEMON_NAMES])
+    const hint = near ? ` (did you mean "${near}"?)` : ''
+    process.stderr.write(
+      `bareku: unknown command "${command}"${hint}; run "bareku help" for the list\n`,
+    )
     process.exitCode = 2
     return
   }

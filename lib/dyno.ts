@@ -11,9 +11,14 @@
 import { execFileSync } from 'node:child_process'
 import { AppError } from './errors.js'
 
-/** Sources `.profile.d/*.sh`, then execs the command given as $1. */
+/**
+ * Sources `.profile.d/*.sh`, then runs the command given as $1: a simple command is exec'd (so
+ * it gets signals straight); a list (`a; b`, `a && b`, a pipe) runs under this shell, as
+ * Heroku's `bash -c` does, since `exec` would end the list after its first command.
+ */
 export const LAUNCH_SCRIPT =
-  'for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; eval "exec $1"'
+  'for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; ' +
+  'case "$1" in *[\\;\\&\\|]*) eval "$1" ;; *) eval "exec $1" ;; esac'
 
 /** PATH when the app's config does not set one. */
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'

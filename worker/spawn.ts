@@ -37,9 +37,7 @@ import { userInfo } from 'node:os'
 import { AppError } from '../lib/errors.js'
 import type { InstanceSpec } from '../lib/config/worker-config.js'
 
-/** The shell script that sources `.profile.d/*.sh` and then execs the command given as $1. */
-export const LAUNCH_SCRIPT =
-  'for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; eval "exec $1"'
+import { LAUNCH_SCRIPT } from '../lib/dyno.js'
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 

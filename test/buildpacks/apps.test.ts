@@ -23,7 +23,7 @@ import { isAbsolute, join, resolve } from 'node:path'
 import t, { type Test } from 'tap'
 import { parseReleaseYaml, SHIPPED_DIR } from '../../hooks/build.js'
 import { parseProcfile } from '../../lib/config/procfile.js'
-import { LAUNCH_SCRIPT } from '../../worker/spawn.js'
+import { LAUNCH_SCRIPT } from '../../lib/dyno.js'
 import { startFrontendProcess } from '../helpers/frontend.js'
 import { REPO, startProcess } from '../helpers/process.js'
 

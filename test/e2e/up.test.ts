@@ -4,13 +4,13 @@
  * daemons and the app; `bareku up` again brings the app back without a push.
  */
 import { execFile } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { BAREKU, until } from '../helpers/cluster.js'
-import { makeWorkTree, push, removeDir, uniqueDir } from '../helpers/git.js'
+import { commitAll, makeWorkTree, push, removeDir, uniqueDir } from '../helpers/git.js'
 import { REPO, startProcess } from '../helpers/process.js'
 
 const run = promisify(execFile)
@@ -87,6 +87,83 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
   t.match(scaled.stdout, /hello\.web\.2 \(v1 on \S+, port \d+\) - ready/, 'progress of the scale')
   const set = await run(BAREKU, ['config:set', 'hello', 'GREETING=hi'], { env: cli })
   t.match(set.stdout, /hello\.web\.1 \(v2 on [^)]+\) - ready/, 'a config change rolls out v2')
+
+  // run: the release's env (the new config var), its output and its exit code.
+  const oneOff = await run(BAREKU, ['run', 'hello', '--', 'echo "$GREETING from $DYNO"; exit 3'], {
+    env: cli,
+  }).catch((err: { code: number; stdout: string }) => err)
+  t.equal((oneOff as { code?: number }).code, 3, 'run exits with the command status')
+  t.match(oneOff.stdout, /^hi from run\.\d+$/m, 'run sees the config var set above')
+
+  // A new version, then a rollback serves the old one again.
+  await commitAll(work, 'v3', {
+    'app.py': readFileSync(join(work, 'app.py'), 'utf8').replace('fixture ok', 'fixture NEW'),
+  })
+  t.equal((await push(work, join(home, 'repos', 'hello.git'))).code, 0)
+  t.match(
+    await until('v3 answers', () =>
+      get(url).then(
+        (b) => /NEW/.test(b) && b,
+        () => undefined,
+      ),
+    ),
+    /fixture NEW/,
+  )
+  const back = await run(BAREKU, ['rollback', 'hello', 'v2'], { env: cli })
+  t.match(back.stdout, /Rolled hello back to v2: now v4/)
+  t.match(
+    await until('the old version answers', () =>
+      get(url).then(
+        (b) => /fixture ok/.test(b) && b,
+        () => undefined,
+      ),
+    ),
+    /fixture ok/,
+    'rollback serves the old version',
+  )
+
+  // domains:add routes a new Host to the app.
+  await run(BAREKU, ['domains:add', 'hello', 'www.example.test'], { env: cli })
+  t.match(
+    await until('the domain answers', () =>
+      get(`http://www.example.test:${port}/`).catch(() => undefined),
+    ),
+    /fixture ok/,
+  )
+
+  // logs -f shows a line the app prints after it started (python's request log line).
+  const follow = startProcess(BAREKU, ['logs', 'hello', '-f', '-n', '1'], { env: cli })
+  t.teardown(() => follow.stop())
+  await until('logs -f prints the history', () => follow.lines.length > 0)
+  await get(`${url}after-start`)
+  await follow.waitFor(/app\[web\.\d+\]: .*GET \/after-start/, 20_000)
+  t.pass('logs -f shows a line printed after it started')
+  await follow.stop()
+
+  // Bad input: a clear message, a non-zero exit, nothing changed.
+  const fails = async (args: string[], env = cli) =>
+    run(BAREKU, args, { env }).then(
+      () => ({ code: 0, stderr: '' }),
+      (err: { code: number; stderr: string }) => err,
+    )
+  const typo = await fails(['ps:scal', 'hello', 'web=1'])
+  t.match(typo, { code: 2, stderr: /did you mean "ps:scale"/ })
+  t.match(await fails(['ps', 'nope']), { code: 1, stderr: /no app named "nope"/ })
+  t.match(await fails(['config:set', 'hello', 'NOEQUALS']), { code: 1, stderr: /not KEY=VALUE/ })
+  t.match(await fails(['ps:scale', 'hello', 'web=-1']), {
+    code: 1,
+    stderr: /count must be a number/,
+  })
+  t.match(await fails(['ps:scale', 'hello', 'bogus=1']), { code: 1, stderr: /bogus/ })
+  t.match(
+    await fails(['apps'], { ...cli, BAREKU_MASTER: 'tcp://127.0.0.1:1' }),
+    { code: 1, stderr: /tcp:\/\/127\.0\.0\.1:1/ },
+    'an unreachable master: where it tried',
+  )
+  const after = JSON.parse(
+    (await run(BAREKU, ['ps', 'hello', '--json'], { env: cli })).stdout,
+  ) as unknown[]
+  t.equal(after.length, 2, 'no partial change: still web=2')
 
   // Ctrl-C: everything stops, the app too.
   proc.child.kill('SIGINT')
