@@ -26,6 +26,7 @@ import {
 } from '../../lib/protocol/host-list.js'
 import { encodeNodeReport, type NodeReport } from '../../lib/protocol/node-report.js'
 import { encodeChunkRequest, parseChunkReply } from '../../lib/protocol/slug-chunk.js'
+import { until } from '../helpers/cluster.js'
 import { logRecord, REPO, startProcess, type Proc } from '../helpers/process.js'
 
 const BAREKU = join(REPO, 'bin', 'bareku')
@@ -33,29 +34,6 @@ const TTL_MS = 1500
 const REPORT_MS = 100
 
 type Endpoints = { control: string; publish: string; stats: string; slugs: string; logs: string }
-
-async function until<T>(
-  what: string,
-  check: () => Promise<T | undefined | false> | T | undefined | false,
-  timeoutMs = 15_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const v = await check()
-      if (v !== undefined && v !== false) return v
-    } catch (err) {
-      last = err
-    }
-    if (Date.now() > deadline) {
-      throw new Error(
-        `timed out waiting until ${what}${last instanceof Error ? `: ${last.message}` : ''}`,
-      )
-    }
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 async function startMaster(
   t: Test,
