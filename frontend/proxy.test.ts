@@ -644,6 +644,25 @@ t.test('with holdMs, a request waits for a backend to come up', async (t) => {
   t.equal(route.inFlight(), 0)
 })
 
+t.test('a backend that starts listening after its route exists is admitted at once', async (t) => {
+  const a = await startBackend(t, 'a')
+  await a.stop()
+  const check = {
+    path: '/',
+    method: 'GET' as const,
+    status: 200,
+    attempts: 2,
+    timeoutMs: 1000,
+    intervalMs: 60_000,
+  }
+  // The next regular probe is a minute away: only the quick re-probes can find it sooner.
+  const { route } = makeRoute(t, [a.port], { healthIntervalMs: 60_000, check })
+  await until('the first probe failed', () => route.healthy().length === 0)
+  await a.start()
+  await until('ready', () => route.ready())
+  t.notOk(route.failed(), 'the quick re-probes that failed were not counted as attempts')
+})
+
 t.test('with holdMs, a held request gets its 503 at the deadline', async (t) => {
   const { url, route, backends } = await setup(t, ['a'], { holdMs: 300 })
   await backends[0]!.stop()

@@ -208,6 +208,8 @@ for (const [code, text] of Object.entries(STATUS_CODES)) {
 }
 
 const NOT_ASCII = /[^\0-\x7f]/
+/** The first quick re-probe of a backend that has not answered yet; see quickProbe. */
+const QUICK_PROBE_MS = 25
 const EMPTY = Buffer.alloc(0)
 const NO_EVENTS: readonly ResponseEvent[] = []
 
@@ -223,6 +225,9 @@ interface Backend {
   /** Bumped on every state change, so a probe begun before it cannot undo it. */
   generation: number
   probe: Probe | undefined
+  /** The next quick re-probe of a backend not proven yet, and its delay (doubling). */
+  quick: NodeJS.Timeout | undefined
+  quickMs: number
 }
 
 /** One request in flight, from `serve` to the end of its response (or its failure). */
@@ -282,6 +287,8 @@ class Exchange extends UpstreamRequest {
 class Probe extends UpstreamRequest {
   readonly backend: Backend
   readonly generation: number
+  /** A quick re-probe between two regular ones: its failure is not counted as an attempt. */
+  quick = false
   /** The status, and the body read so far, when a check matches the body. */
   status = 0
   text = ''
@@ -397,6 +404,8 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     proven: false,
     generation: 0,
     probe: undefined,
+    quick: undefined,
+    quickMs: QUICK_PROBE_MS,
   }))
   let healthyList = backends.slice()
   let next = 0
@@ -500,6 +509,9 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     b.probe = undefined
     p.abort()
     if (closed || b.generation !== p.generation) return
+    if (up) b.quickMs = QUICK_PROBE_MS
+    else if (!b.proven) quickProbe(b)
+    if (p.quick && !up) return
     if (check !== undefined && !everProven) {
       if (up) everProven = true
       else if (++checkFailures === check.attempts) {
@@ -516,7 +528,23 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     if (up && !proven) changed()
   }
 
-  function probe(b: Backend): void {
+  /**
+   * A backend that has not answered yet (a web process starting, usually) is probed again soon,
+   * then less and less often, so a new release is routed to within moments of listening rather
+   * than at the next regular probe.
+   */
+  function quickProbe(b: Backend): void {
+    if (b.quick !== undefined || b.quickMs >= healthIntervalMs) return
+    b.quick = setTimeout(() => {
+      b.quick = undefined
+      if (closed || b.proven || b.probe !== undefined) return
+      b.quickMs *= 2
+      probe(b, true)
+    }, b.quickMs)
+    b.quick.unref()
+  }
+
+  function probe(b: Backend, quick = false): void {
     const method = check?.method ?? 'GET'
     const p = new Probe(
       probeHandler,
@@ -525,6 +553,7 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
         'user-agent: bareku-health-check\r\nconnection: close\r\n\r\n',
       method,
     )
+    p.quick = quick
     b.probe = p
     b.probes.send(p)
   }
@@ -990,6 +1019,7 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
         if (!w.aborted) reply(w.res, 503, false, false)
       }
       for (const b of backends) {
+        clearTimeout(b.quick)
         const probing = b.probe
         b.probe = undefined
         probing?.abort()
