@@ -12,13 +12,15 @@ import {
   cpSync,
   existsSync,
   lstatSync,
+  mkdtempSync,
   readdirSync,
   readFileSync,
   readlinkSync,
+  rmSync,
   writeFileSync,
 } from 'node:fs'
 import { createServer } from 'node:net'
-import { homedir } from 'node:os'
+import { homedir, tmpdir } from 'node:os'
 import { isAbsolute, join, resolve } from 'node:path'
 import t, { type Test } from 'tap'
 import { parseReleaseYaml, SHIPPED_DIR } from '../../hooks/build.js'
@@ -143,9 +145,13 @@ t.test('nodejs: a zero-dependency app with a lock file and a build script', asyn
   const c = await compile(b)
   t.equal(c.code, 0, c.stderr)
   t.match(c.stdout, /^-----> Using the build host's Node.js v\d+/m)
-  t.match(c.stdout, /^-----> Installing dependencies: npm ci --include=dev$/m)
+  t.match(
+    c.stdout,
+    /^-----> No dependencies to install \(package\.json and package-lock\.json list none\)$/m,
+    'npm is not started for an app that depends on nothing',
+  )
   t.match(c.stdout, /^-----> Running the "build" script$/m)
-  t.match(c.stdout, /^-----> Pruning dev dependencies$/m)
+  t.notMatch(c.stdout, /Pruning/, 'no node_modules to prune')
   t.match(c.stdout, /^ {7}> node build\.js$/m, 'tool output is indented')
   t.equal(readFileSync(join(b.app, 'build-output.txt'), 'utf8'), 'built', 'the build script ran')
   t.ok(existsSync(join(b.cache, 'npm')), "npm's cache is in CACHE_DIR")
@@ -163,7 +169,13 @@ t.test('nodejs: a zero-dependency app with a lock file and a build script', asyn
 
 t.test('nodejs: no lock file means npm install, production only', async (t) => {
   const b = setup(t, 'nodejs', {
-    'package.json': JSON.stringify({ name: 'x', version: '1.0.0', scripts: { start: 'node .' } }),
+    'package.json': JSON.stringify({
+      name: 'x',
+      version: '1.0.0',
+      scripts: { start: 'node .' },
+      dependencies: { greet: 'file:greet' },
+    }),
+    greet: { 'package.json': JSON.stringify({ name: 'greet', version: '1.0.0' }) },
   })
   const c = await compile(b)
   t.equal(c.code, 0, c.stderr)
@@ -174,12 +186,68 @@ t.test('nodejs: no lock file means npm install, production only', async (t) => {
   t.notMatch(c.stdout, /Pruning/)
 })
 
+t.test('nodejs: node_modules is reused while the lock, node and npm are unchanged', async (t) => {
+  const files = {
+    'package.json': JSON.stringify({
+      name: 'x',
+      version: '1.0.0',
+      dependencies: { greet: 'file:greet' },
+      scripts: { start: 'node -p "require(\'greet\')"' },
+    }),
+    greet: {
+      'package.json': JSON.stringify({ name: 'greet', version: '1.0.0' }),
+      'index.js': "module.exports = 'hello from greet'\n",
+    },
+  }
+  const first = setup(t, 'nodejs', files)
+  // The lock is npm's own, made offline (a file: dependency needs no registry).
+  await new Promise<void>((resolve, reject) =>
+    execFile(
+      'npm',
+      ['install', '--package-lock-only', '--offline', '--no-audit', '--no-fund'],
+      { cwd: first.app },
+      (err) => (err ? reject(err) : resolve()),
+    ),
+  )
+  const lock = readFileSync(join(first.app, 'package-lock.json'), 'utf8')
+  const c1 = await compile(first)
+  t.equal(c1.code, 0, c1.stderr)
+  t.match(c1.stdout, /^-----> Installing dependencies: npm ci --omit=dev$/m)
+
+  // The app's cache outlives its builds; t.testdir is one dir per test, so keep it elsewhere.
+  const cache = mkdtempSync(join(tmpdir(), 'bk-npm-cache-'))
+  t.teardown(() => rmSync(cache, { recursive: true, force: true }))
+  cpSync(first.cache, cache, { recursive: true, verbatimSymlinks: true })
+  // A second build of the same app with the same cache: a fresh checkout, as the hook makes.
+  const second = { ...setup(t, 'nodejs', { ...files, 'package-lock.json': lock }), cache }
+  const c2 = await compile(second)
+  t.equal(c2.code, 0, c2.stderr)
+  t.match(
+    c2.stdout,
+    /^-----> Reusing node_modules from the last build \(package-lock\.json, node and npm unchanged\)$/m,
+  )
+  t.notMatch(c2.stdout, /npm ci/)
+  const proc = launch(t, second, 'npm start')
+  await proc.waitFor(/^hello from greet$/, 20_000)
+
+  // A changed lock installs again.
+  const changed = JSON.parse(lock) as { version: string }
+  changed.version = '1.0.1'
+  const third = {
+    ...setup(t, 'nodejs', { ...files, 'package-lock.json': JSON.stringify(changed) }),
+    cache,
+  }
+  const c3 = await compile(third)
+  t.equal(c3.code, 0, c3.stderr)
+  t.match(c3.stdout, /^-----> Installing dependencies: npm ci --omit=dev$/m)
+})
+
 t.test('nodejs: a broken package.json fails with the parse error', async (t) => {
   const b = setup(t, 'nodejs', { 'package.json': '{ "name": ' })
   const c = await compile(b)
   t.equal(c.code, 1)
   t.match(c.stderr, /^ ! {5}package\.json is not valid JSON/m)
-  t.match(c.stderr, /Fix package\.json and push again/)
+  t.match(c.stderr, /Fix that file and push again/)
 })
 
 t.test('python: a stdlib app in a venv that sees Debian packages', async (t) => {
