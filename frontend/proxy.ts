@@ -52,7 +52,7 @@ export interface ProxyOptions {
   log: Logger
   /** Path probed on each backend. Default '/'. */
   healthPath?: string
-  /** Time between two probes of a backend. Default 2000. */
+  /** Time between two probes of a backend. Default: the check's intervalMs, else 2000. */
   healthIntervalMs?: number
   /** A probe not answered in this time marks the backend down. Default 1000. */
   healthTimeoutMs?: number
@@ -359,7 +359,8 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
       `proxy option healthPath must be a path starting with '/' and without spaces, got ${JSON.stringify(healthPath)} (e.g. '/health')`,
     )
   }
-  const healthIntervalMs = whole('healthIntervalMs', opts.healthIntervalMs, 2000)
+  const healthIntervalMs =
+    check?.intervalMs ?? whole('healthIntervalMs', opts.healthIntervalMs, 2000)
   const healthTimeoutMs = check?.timeoutMs ?? whole('healthTimeoutMs', opts.healthTimeoutMs, 1000)
   let everProven = false
   let checkFailures = 0

@@ -122,6 +122,35 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
     'rollback serves the old version',
   )
 
+  // A release whose app.json health check fails: the push is rejected, and every request made
+  // meanwhile is answered by the release that was running.
+  await commitAll(work, 'a release that never becomes healthy', {
+    'app.py': readFileSync(join(work, 'app.py'), 'utf8').replace('fixture NEW', 'fixture BAD'),
+    'app.json': JSON.stringify({
+      healthchecks: {
+        web: { path: '/health', match: 'never there', attempts: 2, intervalMs: 100 },
+      },
+    }),
+  })
+  let pushing = true
+  const answers: string[] = []
+  const load = (async () => {
+    // Bounded: it stops with the push, or after 20,000 requests.
+    while (pushing && answers.length < 20_000) answers.push(await get(url).catch(String))
+  })()
+  const bad = await push(work, join(home, 'repos', 'hello.git'))
+  pushing = false
+  await load
+  t.not(bad.code, 0, 'the push is rejected')
+  t.match(bad.stderr, /v5 failed its health check/, 'and says why')
+  t.ok(answers.length > 0, `requests during the push: ${answers.length}`)
+  t.same(
+    answers.filter((a) => !/fixture ok/.test(a)),
+    [],
+    'every request during the push was answered by the running release',
+  )
+  t.match(await get(url), /fixture ok/, 'the running release still answers')
+
   // domains:add routes a new Host to the app.
   await run(BAREKU, ['domains:add', 'hello', 'www.example.test'], { env: cli })
   t.match(
