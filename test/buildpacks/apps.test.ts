@@ -20,6 +20,7 @@ import {
   writeFileSync,
 } from 'node:fs'
 import { createServer } from 'node:net'
+import { promisify } from 'node:util'
 import { homedir, tmpdir } from 'node:os'
 import { isAbsolute, join, resolve } from 'node:path'
 import t, { type Test } from 'tap'
@@ -46,11 +47,16 @@ interface Ran {
   stderr: string
 }
 
+/** File contents by name; a nested object is a directory. */
+interface Files {
+  [name: string]: string | Files
+}
+
 /** A test dir holding a copy of the app (or the given files), a cache, ENV_DIR and the pack. */
 function setup(
   t: Test,
   pack: string,
-  app: string | Record<string, string>,
+  app: string | Files,
   config: Record<string, string> = {},
 ): Build {
   const root = t.testdir({ cache: {}, env: config, ...(typeof app === 'string' ? {} : { app }) })
@@ -201,13 +207,10 @@ t.test('nodejs: node_modules is reused while the lock, node and npm are unchange
   }
   const first = setup(t, 'nodejs', files)
   // The lock is npm's own, made offline (a file: dependency needs no registry).
-  await new Promise<void>((resolve, reject) =>
-    execFile(
-      'npm',
-      ['install', '--package-lock-only', '--offline', '--no-audit', '--no-fund'],
-      { cwd: first.app },
-      (err) => (err ? reject(err) : resolve()),
-    ),
+  await promisify(execFile)(
+    'npm',
+    ['install', '--package-lock-only', '--offline', '--no-audit', '--no-fund'],
+    { cwd: first.app },
   )
   const lock = readFileSync(join(first.app, 'package-lock.json'), 'utf8')
   const c1 = await compile(first)
