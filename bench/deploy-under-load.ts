@@ -40,6 +40,8 @@ export interface DeployRun {
   /** Upper bound on the whole run, ms. */
   timeoutMs?: number
   log?: (line: string) => void
+  /** Keep every sample and the cutover windows in the result, for a closer look. */
+  keepSamples?: boolean
 }
 
 export interface DeployResult {
@@ -54,6 +56,8 @@ export interface DeployResult {
   p99Steady: number
   p99Cutover: number
   seconds: number
+  samples?: Sample[]
+  windows?: [number, number][]
 }
 
 export interface Sample {
@@ -304,6 +308,7 @@ export async function deployUnderLoad(run: DeployRun): Promise<DeployResult> {
         99,
       ),
       seconds,
+      ...(run.keepSamples ? { samples: load.samples, windows } : {}),
     }
   } finally {
     await cluster.stop()

@@ -488,6 +488,18 @@ t.test('deploys: the previous release runs beside the new one until it drained',
   t.same(plan(s5, SETTINGS, { frontend: busy }).retained, {})
 })
 
+t.test('deploys: a handler release takes over once all its handlers are connected', async (t) => {
+  const types = { handler: 'h' }
+  const s0 = state({ n1: [10] }, [app('a', { handler: 3 }, types)])
+  const s1 = applied(s0, plan(s0, SETTINGS))
+  s1.apps.a!.releases.push(release(2, types))
+  s1.apps.a!.current = 2
+  const p1 = plan(s1, SETTINGS, { frontend: {} })
+  const route = p1.routes.servers[0]!.hosts[1]!.routes['/']!
+  t.match(route, { kind: 'releases', minReady: 3 })
+  t.same(route.kind === 'releases' ? route.releases.map((r) => r.release) : [], [2, 1])
+})
+
 t.test('route table: proxy over web instances, else handler endpoints', async (t) => {
   const s = state({ n1: [10], n2: [10] }, [
     app('a', { web: 2 }, { web: 'w' }, { domains: ['www.example.com'] }),

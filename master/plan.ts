@@ -545,7 +545,12 @@ function appTarget(
   if (releases.length === 0) return undefined
   // One release with no health check to pass: a plain target, as a Mongrel2 config has.
   if (releases.length === 1 && !releases[0]!.healthcheck) return releases[0]!.target
-  return { kind: 'releases', app: app.name, minReady: 1, releases }
+  // A new release of handlers takes over once all of them are connected: the first one alone
+  // would get the whole load while the others start. (A proxy release is ready on its checks.)
+  const newest = releases[0]!
+  const handlerCount = versions.get(newest.release)!.filter((w) => isHandlerType(w.type)).length
+  const minReady = newest.target.kind === 'handler' ? Math.max(1, handlerCount) : 1
+  return { kind: 'releases', app: app.name, minReady, releases }
 }
 
 /** The host names an app answers to: NAME.DOMAIN, then its custom domains. */
