@@ -4,7 +4,7 @@
  *   BAREKU_MASTER --REQ "endpoints"--> { publish, stats, slugs }   retried with backoff, forever;
  *                                                                   again when the lists stop coming
  *   publish --SUB "NODE\0"--> host list --(newest pending only)--> apply:
- *       slugs: unpacked/<sha>/ there? else fetch <sha>.sqfs (slug-fetch.ts) and unpackSlug
+ *       slugs: unpacked/<sha>/ there? else fetch <sha>.sqfs (lib/slug/fetch.ts) and unpackSlug
  *       render (render.ts) -> worker.json, replaced atomically only when its instances change
  *   stats <--PUSH (sendTimeout 0, linger 0, immediate)-- node report every REPORT_MS and soon
  *       after a change (worker.json applied, errors, run/status.json rewritten by the worker)
@@ -53,7 +53,7 @@ import { unpackSlug } from '../lib/slug/unpack.js'
 import type { ClientSettings } from './config.js'
 import { startLogShipper } from './logs.js'
 import { renderHost } from './render.js'
-import { fetchSlug } from './slug-fetch.js'
+import { fetchSlug } from '../lib/slug/fetch.js'
 
 export interface Client {
   endpoints: { master: string; workerConfig: string; home: string }

@@ -26,6 +26,8 @@ export interface FrontendConfig {
   master?: string
   /** Where the master's last route table is kept (master mode). */
   cacheFile?: string
+  /** Where static sites' slugs are unpacked, to be served by Dir routes (master mode). */
+  staticDir?: string
   routes: RouteTable
   /** Overrides every server's listen address (meant for one-server configs and tests). */
   listen?: { host: string; port: number }
@@ -126,6 +128,7 @@ function masterConfig(env: NodeJS.ProcessEnv, flag: string | undefined): Fronten
   return Object.freeze({
     master,
     cacheFile: join(home, 'run', 'frontend-routes.json'),
+    staticDir: join(home, 'frontend', 'static'),
     routes,
     listen,
     server: MASTER_SERVER,

@@ -1,6 +1,6 @@
 /**
  * @module Static files for Mongrel2 Dir routes: maps a request path under the route's prefix into
- * the target's `base` (relative to the server's chroot), and answers GET and HEAD with the file,
+ * the target's `base` (relative to the server's chroot, or absolute), and answers GET and HEAD with the file,
  * streamed through uWS with backpressure.
  *
  *   /static/css/a.css  (route '/static/', base 'public/')  ->  CHROOT/public/css/a.css
@@ -34,7 +34,7 @@
  */
 import { constants } from 'node:fs'
 import { open, realpath, type FileHandle } from 'node:fs/promises'
-import { basename, join, resolve, sep } from 'node:path'
+import { basename, isAbsolute, join, resolve, sep } from 'node:path'
 import type { DirTarget } from '../lib/config/routes.js'
 import type { Logger } from '../lib/log.js'
 import type { HttpResponse } from './uws.js'
@@ -114,7 +114,10 @@ const NOT_FOUND_CODES = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'EACCES', 'EPERM'
 /** Creates the server side of one Dir target. */
 export function createDirRoute(target: DirTarget, opts: DirRouteOptions): DirRoute {
   const log = opts.log.child({ dir: target.base })
-  const baseDir = resolve(join(opts.chroot || '.', target.base))
+  // An absolute base is a static site's slug unpacked by the frontend (static-slugs.ts).
+  const baseDir = isAbsolute(target.base)
+    ? target.base
+    : resolve(join(opts.chroot || '.', target.base))
   const types = mimeTable(opts.mimetypes)
 
   function serve(res: HttpResponse, req: StaticRequest): void {

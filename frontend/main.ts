@@ -8,6 +8,7 @@ import { onShutdown } from '../lib/shutdown.js'
 import { loadConfig, loadRouteFile, USAGE, type FrontendConfig } from './config.js'
 import { startFrontend, type Frontend } from './frontend.js'
 import { followMaster, readCachedTable } from './master-routes.js'
+import { staticSlugs } from './static-slugs.js'
 
 export async function main(args: string[]): Promise<void> {
   if (args.includes('--help') || args.includes('-h')) {
@@ -24,26 +25,49 @@ export async function main(args: string[]): Promise<void> {
   }
   let stopFollowing = () => {}
   if (config.master !== undefined && config.cacheFile !== undefined) {
+    // The master's tables name static sites by slug: each is fetched, then served from disk.
+    let latest: Parameters<Frontend['reload']>[0] | undefined
+    let nudge = (): void => {}
+    const statics = staticSlugs({
+      master: config.master,
+      dir: config.staticDir ?? `${config.cacheFile}.static`,
+      log,
+      retry: () => {
+        if (latest) void applyLatest(latest)
+      },
+    })
+    const applyLatest = async (table: Parameters<Frontend['reload']>[0]) => {
+      latest = table
+      await apply(await statics.resolve(table))
+      // A static site is out as soon as its files are served: say so now, not at the next report.
+      nudge()
+    }
     const cached = readCachedTable(config.cacheFile, log)
-    if (cached) await apply(cached.table)
+    if (cached) await applyLatest(cached.table)
     const follower = followMaster(
       {
         master: config.master,
         cacheFile: config.cacheFile,
-        apply: async (table) => void (await apply(table)),
+        apply: applyLatest,
         log,
         report: {
           intervalMs: config.reportMs,
-          collect: () =>
-            Object.fromEntries(
+          collect: () => ({
+            ...statics.status(),
+            ...Object.fromEntries(
               frontend.status().map((a) => [a.app, { serving: a.serving, releases: a.releases }]),
             ),
+          }),
         },
       },
       cached?.meta,
     )
-    frontend.onStatus = () => follower.nudge()
-    stopFollowing = () => follower.close()
+    nudge = () => follower.nudge()
+    frontend.onStatus = nudge
+    stopFollowing = () => {
+      statics.close()
+      follower.close()
+    }
   }
   log.info({ endpoints: frontend.endpoints, master: config.master }, 'ready')
   onShutdown(log, () => {

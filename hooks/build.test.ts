@@ -135,13 +135,7 @@ t.test('detection order: the first shipped buildpack that matches builds the app
       'Python',
       { web: 'python3 app.py' },
     ],
-    [
-      'static site',
-      { public: { 'index.html': '' } },
-      'static',
-      'Static',
-      { web: 'python3 .bareku/static/serve.py public' },
-    ],
+    ['static site', { public: { 'index.html': '' } }, 'static', 'Static', {}],
     [
       'a web type turns static files into a procfile app',
       { 'index.html': '', Procfile: 'web: bin/web\n', bin: { web: '' } },

@@ -196,7 +196,8 @@ export async function runBuildpacks(opts: BuildOptions): Promise<BuildResult> {
     say(`       Procfile declares types     -> ${typeList(procfile ?? {})}`)
     say(`       Default types for buildpack -> ${typeList(result.processTypes)}`)
     result.processTypes = { ...result.processTypes, ...procfile }
-    if (Object.keys(result.processTypes).length === 0) {
+    // A static site needs no process: the frontend serves its document root itself.
+    if (Object.keys(result.processTypes).length === 0 && result.static === undefined) {
       throw new AppError(
         'E_BUILD',
         `no process types: ${procfile ? 'the Procfile declares none' : 'the app has no Procfile'} and buildpack "${ran.at(-1)?.name ?? ''}" proposes no default. Add a Procfile saying how to run the app, e.g. "web: ./bin/server" (a web process listens on $PORT) or "handler: python3 handler.py"`,

@@ -647,7 +647,7 @@ export async function deploy(s: HookSettings, ctx: PushContext, update: RefUpdat
       timeoutMs: s.buildTimeoutMs,
     })
     const { release: releaseCommand, ...processTypes } = built.processTypes
-    if (Object.keys(processTypes).length === 0) {
+    if (Object.keys(processTypes).length === 0 && built.static === undefined) {
       throw new AppError(
         'E_BUILD',
         'the app declares no process type besides "release": add one to the Procfile (e.g. "web: python3 app.py") and push again',
@@ -683,6 +683,7 @@ export async function deploy(s: HookSettings, ctx: PushContext, update: RefUpdat
       slug: { sha256: slug.sha256, size: slug.size },
       processTypes,
       ...(healthchecks === undefined ? {} : { healthchecks }),
+      ...(built.static === undefined ? {} : { static: built.static }),
       commit,
       by: s.user.slice(0, 200),
       description: `Deploy ${commit.slice(0, 7)}${subject ? `: ${subject}` : ''}`.slice(0, 500),

@@ -38,6 +38,7 @@ import {
   PROCESS_TYPE,
   processTypes,
   slugRef,
+  staticRoot,
   str,
   type App,
   type Release,
@@ -161,7 +162,7 @@ function appInfo(app: App, s: MasterSettings) {
 /** Appends a release made from `base` with the app's config; sets it current. */
 function addRelease(
   app: App,
-  base: Pick<Release, 'slug' | 'processTypes' | 'healthchecks'> & { commit?: string },
+  base: Pick<Release, 'slug' | 'processTypes' | 'healthchecks' | 'static'> & { commit?: string },
   by: string,
   description: string,
   now: number,
@@ -177,6 +178,7 @@ function addRelease(
   }
   if (base.commit !== undefined) release.commit = base.commit
   if (base.healthchecks !== undefined) release.healthchecks = structuredClone(base.healthchecks)
+  if (base.static !== undefined) release.static = base.static
   app.releases.push(release)
   app.current = release.version
   // Types never seen get Heroku's defaults: web and handlers 1, others 0 (scale them yourself).
@@ -233,6 +235,7 @@ function configRelease(app: App, description: string, now: number): number | und
     slug: release.slug,
     processTypes: release.processTypes,
     healthchecks: release.healthchecks,
+    static: release.static,
   }
   return addRelease(
     app,
@@ -470,10 +473,12 @@ const COMMANDS: Record<string, Command> = {
       args,
       ctx,
       ['slug', 'processTypes'],
-      ['commit', 'by', 'description', 'healthchecks'],
+      ['commit', 'by', 'description', 'healthchecks', 'static'],
     )
     const slug = slugRef(args.slug, 'args.slug')
-    const types = processTypes(args.processTypes, 'args.processTypes')
+    // A static site (the static buildpack's "static" root) may have no process at all.
+    const root = args.static === undefined ? undefined : staticRoot(args.static, 'args.static')
+    const types = processTypes(args.processTypes, 'args.processTypes', root !== undefined)
     const commit =
       args.commit === undefined ? undefined : str(args.commit, 'args.commit', /^\S{1,100}$/)
     const by = args.by === undefined ? 'bareku' : str(args.by, 'args.by', /^.{1,200}$/)
@@ -487,6 +492,7 @@ const COMMANDS: Record<string, Command> = {
       processTypes: types,
       // app.json's "healthchecks" ({ TYPE: { path, ... } }), passed on by the git hook.
       healthchecks: args.healthchecks === undefined ? undefined : checks(args.healthchecks, types),
+      static: root,
     }
     const release = addRelease(
       app,
@@ -514,6 +520,7 @@ const COMMANDS: Record<string, Command> = {
       slug: old.slug,
       processTypes: old.processTypes,
       healthchecks: old.healthchecks,
+      static: old.static,
     }
     const release = addRelease(
       app,
@@ -634,11 +641,17 @@ const COMMANDS: Record<string, Command> = {
     }
     const current = app.current === version
     const check = healthcheckState(app, version, ctx)
+    // A static site has no instance to be ready: it is out once the frontend serves its files.
+    const rel = app.releases[version - 1]!
+    const staticSite =
+      rel.static !== undefined && ctx.plan.frontend !== undefined && nodes.length === 0
+    const served = !staticSite || (ctx.plan.frontend?.[app.name]?.serving ?? 0) >= version
     const done =
       current &&
       unplaced === 0 &&
       nodes.every((n) => n.ready >= n.desired) &&
-      (check === 'none' || check === 'passed')
+      (check === 'none' || check === 'passed') &&
+      served
     const reasons = ctx.plan.unplaced.filter((u) => u.app === app.name).map((u) => u.reason)
     return read({
       app: app.name,

@@ -500,6 +500,35 @@ t.test('deploys: a handler release takes over once all its handlers are connecte
   t.same(route.kind === 'releases' ? route.releases.map((r) => r.release) : [], [2, 1])
 })
 
+t.test('a static site is a Dir route over its release slug, with no instance', async (t) => {
+  const site = app('site', {}, {}, { releases: [release(1, {}, { static: 'public' })] })
+  const p = plan(state({ n1: [10] }, [site]), SETTINGS)
+  t.same(p.hostLists.n1?.instances ?? [], [], 'nothing runs')
+  const host = p.routes.servers[0]!.hosts.find((h) => h.name.startsWith('site.'))!
+  t.same(host.routes['/'], {
+    kind: 'dir',
+    base: 'public/',
+    indexFile: 'index.html',
+    defaultCtype: 'application/octet-stream',
+    cacheTtl: 0,
+    slug: { app: 'site', sha256: SHA1, size: 101, release: 1 },
+  })
+  t.same(parseRouteTable(JSON.parse(JSON.stringify(p.routes))), p.routes, 'a valid table')
+
+  // The same slug with a web process (a Procfile next to public/): the process is routed to.
+  const web = app(
+    'site',
+    { web: 1 },
+    { web: 'w' },
+    {
+      releases: [release(1, { web: 'w' }, { static: 'public' })],
+    },
+  )
+  const p2 = plan(state({ n1: [10] }, [web]), SETTINGS)
+  const host2 = p2.routes.servers[0]!.hosts.find((h) => h.name.startsWith('site.'))!
+  t.match(host2.routes['/'], { kind: 'proxy' })
+})
+
 t.test('route table: proxy over web instances, else handler endpoints', async (t) => {
   const s = state({ n1: [10], n2: [10] }, [
     app('a', { web: 2 }, { web: 'w' }, { domains: ['www.example.com'] }),

@@ -23,7 +23,9 @@
  *              no longer in its table); then they leave and the worker stops them (SIGTERM,
  *              SIGKILL after its grace). With no frontend reporting, nothing is retained.
  *   routes     per app a host NAME.DOMAIN and one per custom domain, route "/" -> a proxy over
- *              its web instances, else its handler endpoints; a default host with no routes.
+ *              its web instances, else its handler endpoints, else (a static site: a release
+ *              with a "static" root and no web or handler process) a Dir route over the
+ *              release's slug, which the frontend fetches; a default host with no routes.
  *              With retained releases, a `releases` target lists the current and the retained
  *              ones (newest first); the frontend routes to the newest ready one.
  *              A web instance whose new port is not reported ready yet while an older instance
@@ -34,6 +36,7 @@
  */
 import { createHash } from 'node:crypto'
 import type {
+  DirTarget,
   HandlerTarget,
   HostSpec,
   ProxyTarget,
@@ -511,6 +514,21 @@ function releaseTarget(
   return undefined
 }
 
+/** A static site's current release: its document root in its slug, served by the frontend. */
+function staticTarget(app: App): DirTarget | undefined {
+  const release = currentRelease(app)
+  if (release?.static === undefined) return undefined
+  const root = release.static.replace(/\/+$/, '') || '.'
+  return {
+    kind: 'dir',
+    base: `${root}/`,
+    indexFile: 'index.html',
+    defaultCtype: 'application/octet-stream',
+    cacheTtl: 0,
+    slug: { app: app.name, ...release.slug, release: release.version },
+  }
+}
+
 /** The route target of an app: one release's, or its releases side by side during a deploy. */
 function appTarget(
   app: App,
@@ -542,7 +560,7 @@ function appTarget(
     const healthcheck = type === undefined ? undefined : checks[type]
     releases.push(healthcheck ? { release: v, target, healthcheck } : { release: v, target })
   }
-  if (releases.length === 0) return undefined
+  if (releases.length === 0) return staticTarget(app)
   // One release with no health check to pass: a plain target, as a Mongrel2 config has.
   if (releases.length === 1 && !releases[0]!.healthcheck) return releases[0]!.target
   // A new release of handlers takes over once all of them are connected: the first one alone

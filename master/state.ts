@@ -17,7 +17,10 @@
  *   Release = { "version": INT >= 1, "slug": { "sha256": HEX64, "size": INT },
  *               "processTypes": { TYPE: COMMAND }, "config": { KEY: STRING },
  *               "commit"?: STRING, "by": STRING, "at": ISO, "description": STRING,
- *               "healthchecks"?: { TYPE: HealthCheck } }   ; lib/config/routes.ts, app.json's
+ *               "healthchecks"?: { TYPE: HealthCheck },   ; lib/config/routes.ts, app.json's
+ *               "static"?: PATH }   ; a static site's document root in the slug ("public",
+ *                                   ; "."), served by the frontend's Dir route; processTypes
+ *                                   ; may then be empty
  *   Node    = { "name": NODE, "addr": HOST, "capacity": INT, "lastSeen": INT (ms),
  *               "status": "up" | "down" }
  *   Slot    = { "node": NODE, "release": INT, "restart": INT, "port"?: PORT }
@@ -47,6 +50,8 @@ export interface Release {
   description: string
   /** Per process type (web, a handler type): checked by the frontend before routing to it. */
   healthchecks?: Record<string, HealthCheck>
+  /** A static site's document root in the slug, served by the frontend (a Dir route). */
+  static?: string
 }
 
 export interface App {
@@ -203,14 +208,28 @@ export const configVars = (v: unknown, path: string): Record<string, string> =>
     return x
   })
 
-export const processTypes = (v: unknown, path: string): Record<string, string> => {
+/** A release's process types; none at all only for a static site (`allowNone`). */
+export const processTypes = (
+  v: unknown,
+  path: string,
+  allowNone = false,
+): Record<string, string> => {
   const types = map(v, path, PROCESS_TYPE, 'a Procfile type such as "web"', (x, at) =>
     str(x, at, /\S/, 'a non-empty command'),
   )
-  if (Object.keys(types).length === 0) {
+  if (Object.keys(types).length === 0 && !allowNone) {
     throw new Invalid(path, 'at least one process type (a Procfile line)', v)
   }
   return types
+}
+
+/** A directory inside a slug: relative, no `..`, e.g. "public" or "." */
+export const staticRoot = (v: unknown, path: string): string => {
+  const root = str(v, path, /^(?!\/)[A-Za-z0-9._/-]{1,200}$/, 'a relative path such as "public"')
+  if (root.split('/').includes('..')) {
+    throw new Invalid(path, 'a path inside the slug, without ".."', v)
+  }
+  return root
 }
 
 export const domainName = (v: unknown, path: string): string =>
@@ -241,13 +260,14 @@ function release(v: unknown, path: string): Release {
       'at',
       'description',
       'healthchecks',
+      'static',
     ],
     ['version', 'slug', 'processTypes', 'config', 'by', 'at', 'description'],
   )
   const r: Release = {
     version: int(f.version, `${path}.version`, 1),
     slug: slugRef(f.slug, `${path}.slug`),
-    processTypes: processTypes(f.processTypes, `${path}.processTypes`),
+    processTypes: processTypes(f.processTypes, `${path}.processTypes`, f.static !== undefined),
     config: configVars(f.config, `${path}.config`),
     by: str(f.by, `${path}.by`),
     at: iso(f.at, `${path}.at`),
@@ -256,6 +276,7 @@ function release(v: unknown, path: string): Release {
   if (f.commit !== undefined) r.commit = str(f.commit, `${path}.commit`)
   if (f.healthchecks !== undefined)
     r.healthchecks = healthchecks(f.healthchecks, `${path}.healthchecks`)
+  if (f.static !== undefined) r.static = staticRoot(f.static, `${path}.static`)
   return r
 }
 

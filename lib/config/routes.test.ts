@@ -48,6 +48,14 @@ const FULL: RouteTable = {
               defaultCtype: 'text/plain',
               cacheTtl: 60,
             },
+            '/site/': {
+              kind: 'dir',
+              base: 'public/',
+              indexFile: 'index.html',
+              defaultCtype: 'application/octet-stream',
+              cacheTtl: 0,
+              slug: { app: 'site', sha256: 'b'.repeat(64), size: 4096, release: 3 },
+            },
           },
         },
         {
@@ -353,6 +361,25 @@ t.test('bad tables are E_ROUTES and name the bad field', async (t) => {
       'NEGATIVE CACHE TTL',
       bad(['servers', 0, 'hosts', 0, 'routes', '/static/', 'cacheTtl'], -1),
       /\.cacheTtl /,
+    ],
+    [
+      'DIR SLUG WITH A SHORT SHA',
+      bad(['servers', 0, 'hosts', 0, 'routes', '/static/', 'slug'], {
+        app: 'site',
+        sha256: 'abc',
+        size: 10,
+        release: 1,
+      }),
+      /routes\["\/static\/"\]\.slug\.sha256 must be 64 lowercase hex digits/,
+    ],
+    [
+      'DIR SLUG WITHOUT RELEASE',
+      bad(['servers', 0, 'hosts', 0, 'routes', '/static/', 'slug'], {
+        app: 'site',
+        sha256: 'a'.repeat(64),
+        size: 10,
+      }),
+      /\.slug\.release /,
     ],
     [
       'PROXY WITHOUT BACKENDS',

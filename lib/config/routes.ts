@@ -13,7 +13,9 @@
  *   Target     = { "kind": "handler", "sendSpec", "sendIdent", "recvSpec", "recvIdent"? = "",
  *                  "protocol"? = "json" | "tnetstring", "rawPayload"? = false }
  *              | { "kind": "dir", "base" (ends with "/"), "indexFile", "defaultCtype",
- *                  "cacheTtl"? = 0 }
+ *                  "cacheTtl"? = 0, "slug"?: { "app", "sha256", "size", "release" } }
+ *                  ; with "slug" (master tables only: a static site's release), base is
+ *                  ; relative to that slug unpacked, which the frontend fetches first
  *              | { "kind": "proxy", "backends": [{ "addr", "port" }, ...] }   ; at least one
  *              | { "kind": "releases", "app", "minReady"? = 1,
  *                  "releases": [{ "release": INT >= 1, "target": Target,
@@ -50,13 +52,22 @@ export interface HandlerTarget {
   rawPayload: boolean
 }
 
-/** Static files served from `base` (relative to the chroot). */
+/** Static files served from `base` (relative to the chroot, or to `slug` unpacked). */
 export interface DirTarget {
   kind: 'dir'
   base: string
   indexFile: string
   defaultCtype: string
   cacheTtl: number
+  slug?: DirSlug
+}
+
+/** The slug of a static site's release, whose files a Dir route serves. */
+export interface DirSlug {
+  app: string
+  sha256: string
+  size: number
+  release: number
 }
 
 /** Plain HTTP backends. Mongrel2's Proxy(addr, port) gives one; the JSON form allows several. */
@@ -271,6 +282,7 @@ function encodeTarget(t: Target): Target {
         indexFile: t.indexFile,
         defaultCtype: t.defaultCtype,
         cacheTtl: t.cacheTtl,
+        ...(t.slug ? { slug: { ...t.slug } } : {}),
       }
     case 'proxy':
       return { kind: 'proxy', backends: t.backends.map((b) => ({ addr: b.addr, port: b.port })) }
@@ -374,12 +386,21 @@ function target(value: unknown, path: string): Target {
       }
     }
     case 'dir': {
-      const f = fields(value, path, ['kind', 'base', 'indexFile', 'defaultCtype', 'cacheTtl'])
+      const f = fields(value, path, [
+        'kind',
+        'base',
+        'indexFile',
+        'defaultCtype',
+        'cacheTtl',
+        'slug',
+      ])
       const cacheTtl = f.get('cacheTtl') ?? 0
       if (typeof cacheTtl !== 'number' || !Number.isInteger(cacheTtl) || cacheTtl < 0) {
         fail(`${path}.cacheTtl`, 'a whole number of seconds, 0 or more', cacheTtl)
       }
+      const slug = f.get('slug') === undefined ? undefined : dirSlug(f.get('slug'), `${path}.slug`)
       return {
+        ...(slug ? { slug } : {}),
         kind,
         base: checked(f.get('base'), `${path}.base`, checkDirBase),
         indexFile: text(
@@ -442,6 +463,24 @@ function target(value: unknown, path: string): Target {
     default:
       return fail(`${path}.kind`, "'handler', 'dir', 'proxy' or 'releases'", kind)
   }
+}
+
+function dirSlug(value: unknown, path: string): DirSlug {
+  const f = fields(value, path, ['app', 'sha256', 'size', 'release'])
+  const app = text(f.get('app'), `${path}.app`, "the app's name, such as 'shop'")
+  const sha256 = f.get('sha256')
+  if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) {
+    fail(`${path}.sha256`, '64 lowercase hex digits', sha256)
+  }
+  const size = f.get('size')
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 1) {
+    fail(`${path}.size`, 'the size in bytes, 1 or more', size)
+  }
+  const release = f.get('release')
+  if (typeof release !== 'number' || !Number.isInteger(release) || release < 1) {
+    fail(`${path}.release`, 'a release number, 1 or more', release)
+  }
+  return { app, sha256, size, release }
 }
 
 /**

@@ -313,32 +313,30 @@ t.test('python: a requirement nobody provides fails and explains the missing ind
   t.match(c.stderr, /apt-get install python3-/)
 })
 
-t.test('static: public/ served by the bundled server', async (t) => {
+t.test('static: public/ is the document root, with no process to run', async (t) => {
   const b = setup(t, 'static', 'static-site')
   t.equal((await detect(b)).stdout.trim(), 'Static')
 
   const c = await compile(b)
   t.equal(c.code, 0, c.stderr)
   t.match(c.stdout, /^-----> Serving static files from public\/ \(2 files\)$/m)
-  t.ok(existsSync(join(b.app, '.bareku/static/serve.py')), 'the server is in the slug')
+  t.match(c.stdout, /Served by the frontend itself/)
+  t.notOk(existsSync(join(b.app, '.bareku')), 'nothing is added to the slug')
 
   const r = await release(t, b)
-  t.same(r.defaultProcessTypes, { web: 'python3 .bareku/static/serve.py public' })
-  t.equal(r.static, 'public', 'the document root, for a frontend Dir route')
+  t.same(r.defaultProcessTypes, {}, 'no process')
+  t.equal(r.static, 'public', 'the document root, for the frontend Dir route')
 
-  const url = await startWeb(t, b, r.defaultProcessTypes.web!, /^serving public on port \d+$/)
-  const home = await fetch(`${url}/`)
-  t.equal(home.status, 200)
-  t.equal(await home.text(), '<h1>static fixture ok</h1>\n')
-  const css = await fetch(`${url}/css/site.css`)
-  t.equal(css.status, 200)
-  t.match(css.headers.get('content-type'), /^text\/css/)
-  await css.text()
-  for (const path of ['/.secret', '/css/', '/%2e%2e/README.md', '/nope.html']) {
-    const res = await fetch(`${url}${path}`)
-    t.equal(res.status, 404, `${path} is not served`)
-    await res.text()
-  }
+  const top = setup(t, 'static', { 'index.html': '<h1>top</h1>\n' })
+  const c2 = await compile(top)
+  t.equal(c2.code, 0, c2.stderr)
+  t.match(c2.stdout, /Put the site in public\/ to keep other files in the repository private/)
+  t.equal((await release(t, top)).static, '.')
+
+  const bare = setup(t, 'static', { public: { 'about.html': '<h1>about</h1>\n' } })
+  const c3 = await compile(bare)
+  t.equal(c3.code, 0, c3.stderr)
+  t.match(c3.stderr, /public\/ has no index\.html: \/ will answer 404/)
 })
 
 t.test('procfile: a shell app that brings its own server', async (t) => {

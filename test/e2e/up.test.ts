@@ -15,20 +15,35 @@ import { REPO, startProcess } from '../helpers/process.js'
 
 const run = promisify(execFile)
 
-function get(url: string): Promise<string> {
+/** One request by Host header to 127.0.0.1 (*.localhost names need no resolver here). */
+function fetchHost(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<{
+  status: number
+  headers: Record<string, string | string[] | undefined>
+  body: string
+}> {
   const u = new URL(url)
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: '127.0.0.1', port: u.port, path: u.pathname, headers: { host: u.host } },
+      { host: '127.0.0.1', port: u.port, path: u.pathname, headers: { host: u.host, ...headers } },
       (res) => {
         let body = ''
         res.setEncoding('utf8').on('data', (c: string) => (body += c))
-        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(body))))
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }))
       },
     )
     req.on('error', reject)
     req.end()
   })
+}
+
+/** The body of a 200 answer; anything else rejects. */
+async function get(url: string): Promise<string> {
+  const res = await fetchHost(url)
+  if (res.status !== 200) throw new Error(`${res.status}: ${res.body}`)
+  return res.body
 }
 
 t.test('bareku up, push, Ctrl-C, up again', async (t) => {
@@ -150,6 +165,31 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
     'every request during the push was answered by the running release',
   )
   t.match(await get(url), /fixture ok/, 'the running release still answers')
+
+  // A static site: no process, the frontend serves public/ from the slug (a Dir route).
+  await run(BAREKU, ['apps:create', 'site'], { env: cli })
+  const siteWork = await makeWorkTree(join(dir, 'site'), {
+    from: join(REPO, 'test/fixtures/apps/static-site'),
+  })
+  const sitePush = await push(siteWork, join(home, 'repos', 'site.git'))
+  t.equal(sitePush.code, 0, sitePush.stderr)
+  t.match(sitePush.stderr, /Served by the frontend itself/)
+  const site = `http://site.localhost:${port}`
+  t.equal(await get(`${site}/`), '<h1>static fixture ok</h1>\n', 'served once the push is done')
+  const css = await fetchHost(`${site}/css/site.css`)
+  t.equal(css.status, 200)
+  t.match(css.headers['content-type'], /^text\/css/)
+  const etag = String(css.headers.etag)
+  const cached = await fetchHost(`${site}/css/site.css`, { 'if-none-match': etag })
+  t.equal(cached.status, 304, 'ETag and If-None-Match')
+  t.equal((await fetchHost(`${site}/nope.html`)).status, 404)
+  const sitePs = JSON.parse(
+    (await run(BAREKU, ['ps', 'site', '--json'], { env: cli })).stdout,
+  ) as unknown[]
+  t.same(sitePs, [], 'no process runs for it')
+  await commitAll(siteWork, 'new page', { 'public/index.html': '<h1>static v2</h1>\n' })
+  t.equal((await push(siteWork, join(home, 'repos', 'site.git'))).code, 0)
+  t.equal(await get(`${site}/`), '<h1>static v2</h1>\n', 'a redeploy serves the new files')
 
   // domains:add routes a new Host to the app.
   await run(BAREKU, ['domains:add', 'hello', 'www.example.test'], { env: cli })

@@ -16,10 +16,10 @@ import { constants as fsConstants } from 'node:fs'
 import { mkdir, open, rename, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Dealer } from 'zeromq'
-import { AppError, isAppError } from '../lib/errors.js'
-import type { Logger } from '../lib/log.js'
-import { encodeChunkRequest, parseChunkReply } from '../lib/protocol/slug-chunk.js'
-import { sha256File } from '../lib/slug/sha.js'
+import { AppError, isAppError } from '../errors.js'
+import type { Logger } from '../log.js'
+import { encodeChunkRequest, parseChunkReply } from '../protocol/slug-chunk.js'
+import { sha256File } from './sha.js'
 
 export interface FetchSlugOptions {
   /** The slug store's endpoint (the master's `slugs`). */

@@ -12,8 +12,8 @@ import {
   encodeChunkReply,
   parseChunkRequest,
   type ChunkRequest,
-} from '../lib/protocol/slug-chunk.js'
-import { CHUNK_BYTES, fetchSlug } from './slug-fetch.js'
+} from '../protocol/slug-chunk.js'
+import { CHUNK_BYTES, fetchSlug } from './fetch.js'
 
 const log = pino({ level: 'silent' })
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
