@@ -191,6 +191,26 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
   t.equal((await push(siteWork, join(home, 'repos', 'site.git'))).code, 0)
   t.equal(await get(`${site}/`), '<h1>static v2</h1>\n', 'a redeploy serves the new files')
 
+  // A Node web app and a Python Mongrel2 handler app, pushed the same way, answer too.
+  for (const [name, fixture, answer] of [
+    ['nodeapp', 'node-web', /^node fixture ok production built$/m],
+    ['pyh', 'python-handler', /^python handler ok \/hello$/],
+  ] as const) {
+    await run(BAREKU, ['apps:create', name], { env: cli })
+    const tree = await makeWorkTree(join(dir, name), {
+      from: join(REPO, 'test/fixtures/apps', fixture),
+    })
+    const pushed = await push(tree, join(home, 'repos', `${name}.git`))
+    t.equal(pushed.code, 0, pushed.stderr)
+    t.match(
+      await until(`${name} answers`, () =>
+        get(`http://${name}.localhost:${port}/hello`).catch(() => undefined),
+      ),
+      answer,
+      `${fixture} answers through the frontend`,
+    )
+  }
+
   // domains:add routes a new Host to the app.
   await run(BAREKU, ['domains:add', 'hello', 'www.example.test'], { env: cli })
   t.match(
