@@ -1,6 +1,7 @@
 /**
  * bench/deploy: time from `git push` to the new version answering through the frontend, for a
- * small Node web app and a small Python Mongrel2 handler app, first deploy and redeploys, split
+ * small Node web app, a small Python Mongrel2 handler app and a static site (served by the
+ * frontend's Dir route from the slug), first deploy and redeploys, split
  * by the hook's own output lines into build, pack, distribute + start, and the wait until the
  * frontend serves the new version. It runs a real `bareku up` (ports picked by the kernel, state
  * in a temp dir) and real git pushes by path, on this machine, then stops everything.
@@ -64,6 +65,12 @@ const APPS: App[] = [
     }),
   },
 ]
+
+APPS.push({
+  name: 'site',
+  kind: 'static site (Dir route)',
+  files: (v) => ({ 'index.html': `v${v}\n` }),
+})
 
 function get(port: number, host: string): Promise<string | undefined> {
   return new Promise((resolve) => {
@@ -158,7 +165,11 @@ async function main(): Promise<void> {
         do body = await get(port, `${app.name}.localhost`)
         while (body !== `v${v}\n` && performance.now() - start < 60_000)
         const served = performance.now() - start
-        const m = r.marks
+        // A static site has no process to report ready: its push ends when the frontend serves it.
+        const m: Record<string, number | undefined> = {
+          ...r.marks,
+          ready: r.marks.ready ?? r.marks.pushed,
+        }
         const ms = (x: number | undefined) => (x === undefined ? '?' : `${Math.round(x)}`)
         rows.push([
           app.kind,
