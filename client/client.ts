@@ -6,6 +6,7 @@
  *   publish --SUB "NODE\0"--> host list --(newest pending only)--> apply:
  *       slugs: unpacked/<sha>/ there? else fetch <sha>.sqfs (lib/slug/fetch.ts) and unpackSlug
  *       render (render.ts) -> worker.json, replaced atomically only when its instances change
+ *       unpacked slugs no instance uses any more: removed after BAREKU_SLUG_PRUNE_MS
  *   stats <--PUSH (sendTimeout 0, linger 0, immediate)-- node report every REPORT_MS and soon
  *       after a change (worker.json applied, errors, run/status.json rewritten by the worker)
  *   logs  <--DEALER-- the instances' log lines (logs.ts), when the master names a logs endpoint
@@ -21,7 +22,7 @@
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { freemem, loadavg, totalmem } from 'node:os'
-import { dirname, join, resolve } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { watch, type FSWatcher } from 'chokidar'
 import { Push, Subscriber } from 'zeromq'
@@ -49,6 +50,7 @@ import {
   type InstanceStatus,
   type NodeReport,
 } from '../lib/protocol/node-report.js'
+import { pruneUnpacked } from '../lib/slug/prune.js'
 import { unpackSlug } from '../lib/slug/unpack.js'
 import type { ClientSettings } from './config.js'
 import { startLogShipper } from './logs.js'
@@ -342,6 +344,8 @@ export async function startClient(settings: ClientSettings, log: Logger): Promis
     return { dirs, slugErrors }
   }
 
+  /** When each unpacked slug was first seen unused (lib/slug/prune.ts). */
+  const unusedSince = new Map<string, number>()
   let logged = new Set<string>()
   function setErrors(next: string[]): void {
     for (const e of next)
@@ -389,6 +393,13 @@ export async function startClient(settings: ClientSettings, log: Logger): Promis
     applied = { epoch, seq }
     setErrors(r.errors)
     reportSoon()
+    await pruneUnpacked({
+      dir: unpackedDir,
+      inUse: new Set(r.config.instances.map((i) => basename(i.cwd))),
+      unusedMs: settings.slugPruneMs,
+      tracker: unusedSince,
+      log,
+    }).catch((err: unknown) => log.warn({ err: (err as Error).message }, 'slug prune failed'))
   }
 
   // --- reports ------------------------------------------------------------------------------

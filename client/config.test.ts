@@ -9,6 +9,7 @@ t.test('defaults', async (t) => {
     addr: '127.0.0.1',
     capacity: 50,
     reportMs: 1000,
+    slugPruneMs: 600_000,
     workerConfig: '/home/u/.bareku/run/worker.json',
     logLevel: 'info',
   })
@@ -23,6 +24,7 @@ t.test('every setting from the environment', async (t) => {
     BAREKU_NODE_ADDR: '10.0.0.2',
     BAREKU_NODE_CAPACITY: '8',
     BAREKU_CLIENT_REPORT_MS: '250',
+    BAREKU_SLUG_PRUNE_MS: '5000',
     BAREKU_WORKER_CONFIG: '/etc/bareku/worker.json',
     LOG_LEVEL: 'debug',
   }
@@ -33,6 +35,7 @@ t.test('every setting from the environment', async (t) => {
     addr: '10.0.0.2',
     capacity: 8,
     reportMs: 250,
+    slugPruneMs: 5000,
     workerConfig: '/etc/bareku/worker.json',
     logLevel: 'debug',
   })

@@ -22,6 +22,8 @@ export interface ClientSettings {
   capacity: number
   /** Report period in ms (a change is also reported at once). */
   reportMs: number
+  /** An unpacked slug no instance has used for this long is removed. */
+  slugPruneMs: number
   /** The file the client writes and the worker reads. */
   workerConfig: string
   logLevel: LevelWithSilent
@@ -43,6 +45,7 @@ settings (environment):
                             (default: 127.0.0.1)
   BAREKU_NODE_CAPACITY      the most instances this node runs (default: 50)
   BAREKU_CLIENT_REPORT_MS   report period in ms (default: 1000)
+  BAREKU_SLUG_PRUNE_MS      remove an unpacked slug unused for this long (default: 600000)
   BAREKU_WORKER_CONFIG      the worker config file (default: $BAREKU_HOME/run/worker.json)
   LOG_LEVEL                 fatal|error|warn|info|debug|trace|silent (default: info)
 
@@ -121,6 +124,7 @@ export function loadConfig(
     addr,
     capacity: positiveInt(env, 'BAREKU_NODE_CAPACITY', 50, '50'),
     reportMs: positiveInt(env, 'BAREKU_CLIENT_REPORT_MS', 1000, '1000'),
+    slugPruneMs: positiveInt(env, 'BAREKU_SLUG_PRUNE_MS', 600_000, '600000'),
     workerConfig: resolve(env.BAREKU_WORKER_CONFIG || join(home, 'run', 'worker.json')),
     logLevel: level(env.LOG_LEVEL),
   })

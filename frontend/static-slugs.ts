@@ -11,7 +11,8 @@
  *
  * A slug that cannot be had (the store is away, the slug is bad) leaves its app on the files it
  * served before, or unrouted (404) when it had none, and `retry` is called after a backoff so
- * the latest table is applied again. The frontend reports each static app as serving the
+ * the latest table is applied again. Slugs no site has used for 10 minutes are removed. The
+ * frontend reports each static app as serving the
  * release whose files it serves, which is what a push waits for.
  */
 import { rm } from 'node:fs/promises'
@@ -21,6 +22,7 @@ import type { DirTarget, RouteTable, Target } from '../lib/config/routes.js'
 import type { Logger } from '../lib/log.js'
 import type { AppStatus } from '../lib/protocol/frontend-report.js'
 import { fetchSlug } from '../lib/slug/fetch.js'
+import { pruneUnpacked } from '../lib/slug/prune.js'
 import { unpackSlug } from '../lib/slug/unpack.js'
 
 export interface StaticSlugsOptions {
@@ -43,11 +45,15 @@ export interface StaticSlugs {
 
 const FETCH_TIMEOUT_MS = 10_000
 const RETRY_MS = { first: 500, max: 30_000 }
+/** A site's earlier files stay this long (requests still streaming them, a quick rollback). */
+const PRUNE_MS = 10 * 60_000
 
 export function staticSlugs(opts: StaticSlugsOptions): StaticSlugs {
   const { log } = opts
   /** The target each app was last served with, and which release that is. */
-  const served = new Map<string, { target: DirTarget; release: number }>()
+  const served = new Map<string, { target: DirTarget; release: number; sha256: string }>()
+  /** When each unpacked slug was first seen unused (lib/slug/prune.ts). */
+  const unusedSince = new Map<string, number>()
   const unpacking = new Map<string, Promise<string>>()
   let slugStore: string | undefined
   let retryTimer: NodeJS.Timeout | undefined
@@ -84,7 +90,7 @@ export function staticSlugs(opts: StaticSlugsOptions): StaticSlugs {
       const root = await once(slug.sha256, slug.size)
       const { slug: _, ...plain } = t
       const target: DirTarget = { ...plain, base: join(root, t.base, '/') }
-      served.set(slug.app, { target, release: slug.release })
+      served.set(slug.app, { target, release: slug.release, sha256: slug.sha256 })
       return target
     } catch (err) {
       failed = true
@@ -137,6 +143,16 @@ export function staticSlugs(opts: StaticSlugsOptions): StaticSlugs {
       if (!failed) retryMs = RETRY_MS.first
       // An app that is no longer a static site (or gone) is not reported as one.
       for (const app of served.keys()) if (!apps.has(app)) served.delete(app)
+      const inUse = new Set([...served.values()].map((s) => s.sha256))
+      await pruneUnpacked({
+        dir: opts.dir,
+        inUse,
+        unusedMs: PRUNE_MS,
+        tracker: unusedSince,
+        log,
+      }).catch((err: unknown) =>
+        log.warn({ err: (err as Error).message }, 'static slug prune failed'),
+      )
       return { ...table, servers }
     },
     status() {
