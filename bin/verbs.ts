@@ -9,8 +9,7 @@
  * keys, one-off `run`, `logs`) use BAREKU_HOME: run them on the master's machine.
  */
 import { readFileSync } from 'node:fs'
-import { homedir } from 'node:os'
-import { join } from 'node:path'
+import { homeSetting } from '../lib/config/env.js'
 import { createRepo, destroyRepo } from '../hooks/repo.js'
 import { addKey, listKeys, removeKey } from '../hooks/ssh.js'
 import { callMaster } from '../lib/cluster/control-client.js'
@@ -121,9 +120,7 @@ export function parseVerbArgs(verb: Verb, args: string[], env: NodeJS.ProcessEnv
   if (verb.app && app === undefined) {
     throw new AppError('E_APP', `which app? Name it: bareku ${verb.usage}`)
   }
-  const home =
-    env.BAREKU_HOME ||
-    (process.getuid?.() === 0 ? '/var/lib/bareku' : join(env.HOME || homedir(), '.bareku'))
+  const home = homeSetting(env)
   return { master, home, json, app, rest: positional, flags, out: process.stdout }
 }
 

@@ -2,11 +2,11 @@
  * @module The client's settings, read once from the environment by main.ts (see USAGE for the
  * variables and their defaults). Nothing else in client/ reads process.env.
  */
-import { homedir, hostname } from 'node:os'
+import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import type { LevelWithSilent } from 'pino'
 import { AppError } from '../lib/errors.js'
-import { parseLevel } from '../lib/log.js'
+import { homeSetting, levelSetting, positiveIntSetting } from '../lib/config/env.js'
 
 /** Everything startClient needs. */
 export interface ClientSettings {
@@ -61,41 +61,13 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
 const ADDR = /^[A-Za-z0-9_.:-]+$/
 const ENDPOINT = /^(tcp:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}|ipc:\/\/\S+)$/
 
-function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number, example: string) {
-  const value = env[name]
-  if (value === undefined || value === '') return fallback
-  const n = Number(value)
-  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
-    throw new AppError(
-      'E_CONFIG',
-      `${name} must be a positive integer, got "${value}" (e.g. ${name}=${example})`,
-    )
-  }
-  return n
-}
-
-function level(value: string | undefined): LevelWithSilent {
-  try {
-    return parseLevel(value)
-  } catch (err) {
-    throw new AppError('E_CONFIG', (err as Error).message)
-  }
-}
-
 /** Builds the settings from an environment; `isRoot` picks the default BAREKU_HOME. */
 export function loadConfig(
   env: NodeJS.ProcessEnv,
   isRoot = process.getuid?.() === 0,
   host = hostname(),
 ): ClientSettings {
-  const home =
-    env.BAREKU_HOME || (isRoot ? '/var/lib/bareku' : join(env.HOME || homedir(), '.bareku'))
-  if (!home.startsWith('/')) {
-    throw new AppError(
-      'E_CONFIG',
-      `BAREKU_HOME must be an absolute path, got "${home}" (e.g. BAREKU_HOME=/var/lib/bareku)`,
-    )
-  }
+  const home = homeSetting(env, isRoot)
   const master = env.BAREKU_MASTER || 'tcp://127.0.0.1:7070'
   if (!ENDPOINT.test(master)) {
     throw new AppError(
@@ -122,10 +94,10 @@ export function loadConfig(
     master,
     node,
     addr,
-    capacity: positiveInt(env, 'BAREKU_NODE_CAPACITY', 50, '50'),
-    reportMs: positiveInt(env, 'BAREKU_CLIENT_REPORT_MS', 1000, '1000'),
-    slugPruneMs: positiveInt(env, 'BAREKU_SLUG_PRUNE_MS', 600_000, '600000'),
+    capacity: positiveIntSetting(env, 'BAREKU_NODE_CAPACITY', 50, '50'),
+    reportMs: positiveIntSetting(env, 'BAREKU_CLIENT_REPORT_MS', 1000, '1000'),
+    slugPruneMs: positiveIntSetting(env, 'BAREKU_SLUG_PRUNE_MS', 600_000, '600000'),
     workerConfig: resolve(env.BAREKU_WORKER_CONFIG || join(home, 'run', 'worker.json')),
-    logLevel: level(env.LOG_LEVEL),
+    logLevel: levelSetting(env),
   })
 }

@@ -11,7 +11,7 @@
  *   LOG_LEVEL                fatal, error, warn, info (default), debug, trace, silent
  */
 import { readFileSync } from 'node:fs'
-import { homedir } from 'node:os'
+import { homeSetting } from '../lib/config/env.js'
 import { join } from 'node:path'
 import { AppError } from '../lib/errors.js'
 import { parseLevel } from '../lib/log.js'
@@ -108,9 +108,7 @@ function masterConfig(env: NodeJS.ProcessEnv, flag: string | undefined): Fronten
       `the master's control endpoint must be tcp://HOST:PORT, got "${master}" (e.g. --master tcp://127.0.0.1:7070)`,
     )
   }
-  const root = process.getuid?.() === 0
-  const home =
-    env.BAREKU_HOME || (root ? '/var/lib/bareku' : join(env.HOME || homedir(), '.bareku'))
+  const home = homeSetting(env)
   const listen = parseListen(env.BAREKU_FRONTEND_LISTEN || '127.0.0.1:8080')
   // Until the master's first table arrives: one server with no apps (every request is a 404).
   const routes = parseRouteTable({

@@ -2,12 +2,10 @@
  * @module The master's settings, read once from the environment by main.ts (see USAGE for the
  * variables and their defaults). Nothing else in master/ reads process.env.
  */
-import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import type { LevelWithSilent } from 'pino'
 import { checkEndpoint } from '../lib/config/routes.js'
-import { AppError } from '../lib/errors.js'
-import { parseLevel } from '../lib/log.js'
+import { badSetting, homeSetting, levelSetting, positiveIntSetting } from '../lib/config/env.js'
 
 /** An inclusive range of TCP ports. */
 export interface PortRange {
@@ -78,29 +76,12 @@ files:
                                    offsets.json: how far each node's log files were received
 `
 
-function bad(name: string, expected: string, value: string, example: string): AppError {
-  return new AppError(
-    'E_CONFIG',
-    `${name} must be ${expected}, got "${value}" (e.g. ${name}=${example})`,
-  )
-}
-
-function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number, example: string) {
-  const value = env[name]
-  if (value === undefined || value === '') return fallback
-  const n = Number(value)
-  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
-    throw bad(name, 'a positive integer', value, example)
-  }
-  return n
-}
-
 function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const value = env[name]
   if (value === undefined || value === '') return fallback
   const n = Number(value)
   if (!/^[0-9]+$/.test(value) || n < 1 || n > 65535) {
-    throw bad(name, 'a port from 1 to 65535', value, String(fallback))
+    throw badSetting(name, 'a port from 1 to 65535', value, String(fallback))
   }
   return n
 }
@@ -111,7 +92,7 @@ function range(env: NodeJS.ProcessEnv, name: string, fallback: string): PortRang
   const from = Number(m?.[1])
   const to = Number(m?.[2])
   if (m === null || from < 1 || to > 65535 || from > to) {
-    throw bad(name, 'a port range FROM-TO with 1 <= FROM <= TO <= 65535', value, fallback)
+    throw badSetting(name, 'a port range FROM-TO with 1 <= FROM <= TO <= 65535', value, fallback)
   }
   return { from, to }
 }
@@ -119,7 +100,12 @@ function range(env: NodeJS.ProcessEnv, name: string, fallback: string): PortRang
 function endpoint(env: NodeJS.ProcessEnv, name: string, fallback: string): string {
   const value = env[name] || fallback
   if (checkEndpoint(value) !== undefined) {
-    throw bad(name, 'a ZeroMQ endpoint to bind (tcp://HOST:PORT or ipc://PATH)', value, fallback)
+    throw badSetting(
+      name,
+      'a ZeroMQ endpoint to bind (tcp://HOST:PORT or ipc://PATH)',
+      value,
+      fallback,
+    )
   }
   return value
 }
@@ -127,17 +113,9 @@ function endpoint(env: NodeJS.ProcessEnv, name: string, fallback: string): strin
 function host(env: NodeJS.ProcessEnv, name: string, fallback: string, example: string): string {
   const value = env[name] || fallback
   if (!/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(value) || value.length > 200) {
-    throw bad(name, 'a host name or IPv4 address', value, example)
+    throw badSetting(name, 'a host name or IPv4 address', value, example)
   }
   return value
-}
-
-function level(value: string | undefined): LevelWithSilent {
-  try {
-    return parseLevel(value)
-  } catch (err) {
-    throw new AppError('E_CONFIG', (err as Error).message)
-  }
 }
 
 /** Builds the settings from an environment; `isRoot` picks the default BAREKU_HOME. */
@@ -145,14 +123,10 @@ export function loadConfig(
   env: NodeJS.ProcessEnv,
   isRoot = process.getuid?.() === 0,
 ): MasterSettings {
-  const home =
-    env.BAREKU_HOME || (isRoot ? '/var/lib/bareku' : join(env.HOME || homedir(), '.bareku'))
-  if (!home.startsWith('/')) {
-    throw bad('BAREKU_HOME', 'an absolute path', home, '/var/lib/bareku')
-  }
+  const home = homeSetting(env, isRoot)
   const handlerPorts = range(env, 'BAREKU_HANDLER_PORTS', '9500-9999')
   if (handlerPorts.to - handlerPorts.from < 1) {
-    throw bad(
+    throw badSetting(
       'BAREKU_HANDLER_PORTS',
       'a range of at least two ports (each app takes two)',
       env.BAREKU_HANDLER_PORTS ?? '',
@@ -166,15 +140,20 @@ export function loadConfig(
     stats: endpoint(env, 'BAREKU_MASTER_STATS', 'tcp://127.0.0.1:7072'),
     slugs: endpoint(env, 'BAREKU_MASTER_SLUGS', 'tcp://127.0.0.1:7073'),
     logs: endpoint(env, 'BAREKU_MASTER_LOGS', 'tcp://127.0.0.1:7074'),
-    logMaxBytes: positiveInt(env, 'BAREKU_MASTER_LOG_MAX_BYTES', 10 * 1024 * 1024, '10485760'),
+    logMaxBytes: positiveIntSetting(
+      env,
+      'BAREKU_MASTER_LOG_MAX_BYTES',
+      10 * 1024 * 1024,
+      '10485760',
+    ),
     slugDir: resolve(env.BAREKU_SLUG_DIR || join(home, 'slugs')),
-    nodeTtlMs: positiveInt(env, 'BAREKU_MASTER_NODE_TTL_MS', 10_000, '10000'),
-    republishMs: positiveInt(env, 'BAREKU_MASTER_REPUBLISH_MS', 2000, '2000'),
+    nodeTtlMs: positiveIntSetting(env, 'BAREKU_MASTER_NODE_TTL_MS', 10_000, '10000'),
+    republishMs: positiveIntSetting(env, 'BAREKU_MASTER_REPUBLISH_MS', 2000, '2000'),
     domain: host(env, 'BAREKU_DOMAIN', 'localhost', 'apps.example.com').toLowerCase(),
     frontendPort: port(env, 'BAREKU_FRONTEND_PORT', 8080),
     handlerHost: host(env, 'BAREKU_HANDLER_HOST', '127.0.0.1', '10.0.0.5'),
     handlerPorts,
     webPorts: range(env, 'BAREKU_WEB_PORTS', '5000-5999'),
-    logLevel: level(env.LOG_LEVEL),
+    logLevel: levelSetting(env),
   })
 }

@@ -2,11 +2,10 @@
  * @module The worker's settings, read once from the environment by main.ts (see USAGE for the
  * variables and their defaults). Nothing else in worker/ reads process.env.
  */
-import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import type { LevelWithSilent } from 'pino'
 import { AppError } from '../lib/errors.js'
-import { parseLevel } from '../lib/log.js'
+import { flagSetting, homeSetting, levelSetting, positiveIntSetting } from '../lib/config/env.js'
 
 /** Everything startWorker needs. */
 export interface WorkerSettings {
@@ -47,47 +46,12 @@ files:
   $BAREKU_HOME/log/<name>.log         each process's stdout and stderr
 `
 
-function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number, example: string) {
-  const value = env[name]
-  if (value === undefined || value === '') return fallback
-  const n = Number(value)
-  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
-    throw new AppError(
-      'E_CONFIG',
-      `${name} must be a positive integer, got "${value}" (e.g. ${name}=${example})`,
-    )
-  }
-  return n
-}
-
-function flag(env: NodeJS.ProcessEnv, name: string): boolean {
-  const value = env[name] ?? ''
-  if (value === '' || value === '0') return false
-  if (value === '1') return true
-  throw new AppError('E_CONFIG', `${name} must be 0 or 1, got "${value}" (e.g. ${name}=1)`)
-}
-
-function level(value: string | undefined): LevelWithSilent {
-  try {
-    return parseLevel(value)
-  } catch (err) {
-    throw new AppError('E_CONFIG', (err as Error).message)
-  }
-}
-
 /** Builds the settings from an environment; `isRoot` picks the default BAREKU_HOME. */
 export function loadConfig(
   env: NodeJS.ProcessEnv,
   isRoot = process.getuid?.() === 0,
 ): WorkerSettings {
-  const home =
-    env.BAREKU_HOME || (isRoot ? '/var/lib/bareku' : join(env.HOME || homedir(), '.bareku'))
-  if (!home.startsWith('/')) {
-    throw new AppError(
-      'E_CONFIG',
-      `BAREKU_HOME must be an absolute path, got "${home}" (e.g. BAREKU_HOME=/var/lib/bareku)`,
-    )
-  }
+  const home = homeSetting(env, isRoot)
   const user = env.BAREKU_WORKER_USER || 'nobody'
   if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(user)) {
     throw new AppError(
@@ -98,10 +62,15 @@ export function loadConfig(
   return Object.freeze({
     home,
     configFile: resolve(env.BAREKU_WORKER_CONFIG || join(home, 'run', 'worker.json')),
-    tickMs: positiveInt(env, 'BAREKU_WORKER_TICK_MS', 2000, '2000'),
+    tickMs: positiveIntSetting(env, 'BAREKU_WORKER_TICK_MS', 2000, '2000'),
     user,
-    logMaxBytes: positiveInt(env, 'BAREKU_WORKER_LOG_MAX_BYTES', 10 * 1024 * 1024, '10485760'),
-    logLevel: level(env.LOG_LEVEL),
-    stopOnExit: flag(env, 'BAREKU_WORKER_STOP_ON_EXIT'),
+    logMaxBytes: positiveIntSetting(
+      env,
+      'BAREKU_WORKER_LOG_MAX_BYTES',
+      10 * 1024 * 1024,
+      '10485760',
+    ),
+    logLevel: levelSetting(env),
+    stopOnExit: flagSetting(env, 'BAREKU_WORKER_STOP_ON_EXIT'),
   })
 }
