@@ -4,43 +4,26 @@
  * The "ready" line carries the node name and the master's control endpoint; tests and operators
  * wait for it.
  */
-import { isAppError } from '../lib/errors.js'
-import { createLogger } from '../lib/log.js'
-import { onShutdown } from '../lib/shutdown.js'
+import { runDaemon } from '../lib/daemon.js'
 import { startClient } from './client.js'
 import { loadConfig, USAGE } from './config.js'
 
 /** Runs the client until SIGTERM/SIGINT; `args` are the arguments after `client`. */
-export async function main(args: string[]): Promise<void> {
-  if (args.includes('--help') || args.includes('-h')) {
-    process.stdout.write(USAGE)
-    return
-  }
-  const [extra] = args
-  if (extra !== undefined) {
-    process.stderr.write(`bareku client: unknown argument "${extra}"\n\n${USAGE}`)
-    process.exitCode = 2
-    return
-  }
-  const config = loadConfig(process.env)
-  const log = createLogger('client', config.logLevel)
-  let client
-  try {
-    client = await startClient(config, log)
-  } catch (err) {
-    if (isAppError(err)) log.fatal({ code: err.code, err: err.message }, 'cannot start')
-    throw err
-  }
-  log.info(
-    {
+export function main(args: string[]): Promise<void> {
+  return runDaemon({
+    name: 'client',
+    usage: USAGE,
+    args,
+    load: (env) => loadConfig(env),
+    start: startClient,
+    ready: (config, client) => ({
       node: config.node,
       master: config.master,
       addr: config.addr,
       capacity: config.capacity,
       reportMs: config.reportMs,
       endpoints: client.endpoints,
-    },
-    'ready',
-  )
-  onShutdown(log, () => client.close())
+    }),
+    stop: (_, client) => ({ run: () => client.close() }),
+  })
 }

@@ -3,35 +3,19 @@
  * "ready" line carries the bound endpoints (port 0 resolved); tests and operators wait for it.
  * Stopping the master stops nothing else: nodes keep running what they were told last.
  */
-import { isAppError } from '../lib/errors.js'
-import { createLogger } from '../lib/log.js'
-import { onShutdown } from '../lib/shutdown.js'
+import { runDaemon } from '../lib/daemon.js'
 import { loadConfig, USAGE } from './config.js'
 import { startMaster } from './master.js'
 
 /** Runs the master until SIGTERM/SIGINT; `args` are the arguments after `master`. */
-export async function main(args: string[]): Promise<void> {
-  if (args.includes('--help') || args.includes('-h')) {
-    process.stdout.write(USAGE)
-    return
-  }
-  const [extra] = args
-  if (extra !== undefined) {
-    process.stderr.write(`bareku master: unknown argument "${extra}"\n\n${USAGE}`)
-    process.exitCode = 2
-    return
-  }
-  const config = loadConfig(process.env)
-  const log = createLogger('master', config.logLevel)
-  let master
-  try {
-    master = await startMaster(config, log)
-  } catch (err) {
-    if (isAppError(err)) log.fatal({ code: err.code, err: err.message }, 'cannot start')
-    throw err
-  }
-  log.info(
-    {
+export function main(args: string[]): Promise<void> {
+  return runDaemon({
+    name: 'master',
+    usage: USAGE,
+    args,
+    load: (env) => loadConfig(env),
+    start: startMaster,
+    ready: (config, master) => ({
       endpoints: master.endpoints,
       home: config.home,
       slugDir: config.slugDir,
@@ -42,8 +26,7 @@ export async function main(args: string[]): Promise<void> {
       webPorts: config.webPorts,
       nodeTtlMs: config.nodeTtlMs,
       republishMs: config.republishMs,
-    },
-    'ready',
-  )
-  onShutdown(log, () => master.close())
+    }),
+    stop: (_, master) => ({ run: () => master.close() }),
+  })
 }
