@@ -32,8 +32,8 @@
  * user (nobody); libuv drops supplementary groups when it switches uid/gid.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { closeSync, openSync, readFileSync, renameSync, statSync } from 'node:fs'
-import { userInfo } from 'node:os'
+import { closeSync, openSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs'
+import { setPriority, userInfo } from 'node:os'
 import { AppError } from '../lib/errors.js'
 import type { InstanceSpec } from '../lib/config/worker-config.js'
 
@@ -166,6 +166,16 @@ export async function spawnInstance(
   // Not ours to keep alive: the worker may exit (or restart) while its instances run on.
   child.unref()
   const pid = child.pid!
+  // A starting process (an interpreter loading its modules) takes CPU from the instances that
+  // serve, which a deploy under load sees as latency: it starts at a lower priority, and
+  // restorePriority lifts it once it is ready. Only root may lift it again.
+  if (process.getuid?.() === 0) {
+    try {
+      setPriority(pid, STARTING_NICENESS)
+    } catch {
+      // It exited already: nothing to lower.
+    }
+  }
   return { child, pid, pgid: pid, starttime: readStartTime(pid) ?? 0 }
 }
 
@@ -174,7 +184,9 @@ export async function spawnInstance(
  * ticks since boot). Field 2 is "(comm)", and comm may itself hold spaces and parentheses, so
  * the fields are counted from the LAST ')'.
  */
-export function parseStat(text: string): { state: string; starttime: number } | undefined {
+export function parseStat(
+  text: string,
+): { state: string; pgrp: number; starttime: number } | undefined {
   const end = text.lastIndexOf(')')
   if (end === -1) return undefined
   const fields = text
@@ -182,16 +194,44 @@ export function parseStat(text: string): { state: string; starttime: number } | 
     .trim()
     .split(/\s+/)
   const state = fields[0]
+  const pgrp = Number(fields[5 - 3])
   const starttime = Number(fields[22 - 3])
   if (state === undefined || state === '' || !Number.isSafeInteger(starttime)) return undefined
-  return { state, starttime }
+  if (!Number.isSafeInteger(pgrp)) return undefined
+  return { state, pgrp, starttime }
 }
 
-function readStat(pid: number): { state: string; starttime: number } | undefined {
+function readStat(pid: number): ReturnType<typeof parseStat> {
   try {
     return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'))
   } catch {
     return undefined
+  }
+}
+
+/** The niceness of an instance's processes until it is ready (see spawnInstance). */
+export const STARTING_NICENESS = 10
+
+/**
+ * Gives every process of group `pgid` (the instance and its children: `npm start` runs node as
+ * one) the normal priority again. A no-op unless the worker is root.
+ */
+export function restorePriority(pgid: number): void {
+  if (process.getuid?.() !== 0) return
+  let pids: string[]
+  try {
+    pids = readdirSync('/proc').filter((name) => /^[0-9]+$/.test(name))
+  } catch {
+    return
+  }
+  for (const name of pids) {
+    const pid = Number(name)
+    if (readStat(pid)?.pgrp !== pgid) continue
+    try {
+      setPriority(pid, 0)
+    } catch {
+      // Gone meanwhile.
+    }
   }
 }
 

@@ -67,6 +67,7 @@ import {
   isAlive,
   readStartTime,
   resolveRunAs,
+  restorePriority,
   rotateLog,
   spawnInstance,
 } from './spawn.js'
@@ -508,6 +509,7 @@ export async function startWorker(settings: WorkerSettings, log: Logger): Promis
         if (inst.state !== 'starting' || inst.pid === undefined) return
         if (ok) {
           inst.state = 'ready'
+          if (inst.pgid !== undefined) restorePriority(inst.pgid)
           log.info(
             { instance: inst.name, pid: inst.pid, afterMs: now - (inst.checkingSince ?? now) },
             'instance ready',

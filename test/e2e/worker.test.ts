@@ -258,6 +258,29 @@ t.test(
   },
 )
 
+t.test(
+  'an instance starts at a lower CPU priority and gets the normal one once ready',
+  async (t) => {
+    const n = node(t)
+    const niceness = (pid: number): number => {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19 - 3])
+    }
+    await n.write([n.spec('app.worker.1', 'forever.js')])
+    const w = await n.startWorker()
+    const pid = await n.up('app.worker.1')
+    // Ready means alive for 1 s: the process is up well before that.
+    const root = process.getuid?.() === 0
+    t.equal(
+      niceness(pid),
+      root ? 10 : 0,
+      root ? 'niceness 10 while starting' : 'unchanged (not root)',
+    )
+    await event(w, 'instance ready', 'app.worker.1')
+    t.equal(niceness(pid), 0, 'niceness 0 once ready')
+  },
+)
+
 t.test('a crashing instance restarts with a growing backoff: 1 s, 2 s, 4 s', async (t) => {
   const n = node(t)
   await n.write([n.spec('app.crash.1', 'exit-with.js', {}, '3')])
