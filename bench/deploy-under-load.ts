@@ -104,7 +104,9 @@ export async function startCluster(home: string) {
     })
     const control = ((await ready(master)).endpoints as Record<string, string>).control!
     const node = { BAREKU_MASTER: control }
-    await ready(start(['worker'], { ...node, BAREKU_WORKER_TICK_MS: '100' }))
+    await ready(
+      start(['worker'], { ...node, BAREKU_WORKER_TICK_MS: '100', BAREKU_WORKER_STOP_ON_EXIT: '1' }),
+    )
     await ready(start(['client'], { ...node, BAREKU_CLIENT_REPORT_MS: '100' }))
     const frontend = start(['frontend', '--master', control], {
       BAREKU_FRONTEND_LISTEN: '127.0.0.1:0',
