@@ -32,7 +32,15 @@
  * user (nobody); libuv drops supplementary groups when it switches uid/gid.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { closeSync, openSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs'
+import {
+  closeSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  statSync,
+} from 'node:fs'
 import { setPriority, userInfo } from 'node:os'
 import { AppError } from '../lib/errors.js'
 import type { InstanceSpec } from '../lib/config/worker-config.js'
@@ -209,6 +217,64 @@ function readStat(pid: number): ReturnType<typeof parseStat> {
   }
 }
 
+/**
+ * Whether a process of group `pgid` holds an established TCP connection to `port`: a handler
+ * has connected its PULL to the frontend's send spec, so it can take requests. Reads the
+ * group's socket inodes from /proc/PID/fd and looks them up in /proc/net/tcp and tcp6.
+ */
+export function connectedTo(pgid: number, port: number): boolean {
+  const inodes = new Set<string>()
+  for (const pid of groupPids(pgid)) {
+    let fds: string[]
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`)
+    } catch {
+      continue
+    }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))
+        if (m) inodes.add(m[1]!)
+      } catch {
+        // Closed meanwhile.
+      }
+    }
+  }
+  if (inodes.size === 0) return false
+  const want = port.toString(16).toUpperCase().padStart(4, '0')
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string
+    try {
+      text = readFileSync(table, 'utf8')
+    } catch {
+      continue
+    }
+    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/)
+      if (f[3] === '01' && f[2]?.endsWith(`:${want}`) && inodes.has(f[9] ?? '')) return true
+    }
+  }
+  return false
+}
+
+/** The pids of process group `pgid`, from /proc. */
+function groupPids(pgid: number): number[] {
+  let names: string[]
+  try {
+    names = readdirSync('/proc')
+  } catch {
+    return []
+  }
+  const out: number[] = []
+  for (const name of names) {
+    if (!/^[0-9]+$/.test(name)) continue
+    const pid = Number(name)
+    if (pid === pgid || readStat(pid)?.pgrp === pgid) out.push(pid)
+  }
+  return out
+}
+
 /** The niceness of an instance's processes until it is ready (see spawnInstance). */
 export const STARTING_NICENESS = 10
 
@@ -218,15 +284,7 @@ export const STARTING_NICENESS = 10
  */
 export function restorePriority(pgid: number): void {
   if (process.getuid?.() !== 0) return
-  let pids: string[]
-  try {
-    pids = readdirSync('/proc').filter((name) => /^[0-9]+$/.test(name))
-  } catch {
-    return
-  }
-  for (const name of pids) {
-    const pid = Number(name)
-    if (readStat(pid)?.pgrp !== pgid) continue
+  for (const pid of groupPids(pgid)) {
     try {
       setPriority(pid, 0)
     } catch {

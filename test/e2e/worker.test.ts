@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { pino } from 'pino'
@@ -280,6 +280,31 @@ t.test(
     t.equal(niceness(pid), 0, 'niceness 0 once ready')
   },
 )
+
+t.test('a handler is ready once connected to its send spec, not after 1 s alive', async (t) => {
+  const n = node(t)
+  // The frontend's side: a TCP listener on the handler's send port.
+  const conns: Socket[] = []
+  const front = createServer((s) => conns.push(s.on('error', () => {})))
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const c of conns) c.destroy()
+    return new Promise((resolve) => front.close(resolve))
+  })
+  const port = (front.address() as { port: number }).port
+  await n.write([
+    n.spec('app.handler.1', 'forever.js', {
+      type: 'handler',
+      env: { BAREKU_HANDLER_SEND_SPEC: `tcp://127.0.0.1:${port}` },
+    }),
+    n.spec('app.worker.1', 'forever.js'),
+  ])
+  const w = await n.startWorker()
+  const handler = await event(w, 'instance ready', 'app.handler.1')
+  t.equal(handler.by, 'connected', 'the handler: by its connection')
+  const plain = await event(w, 'instance ready', 'app.worker.1')
+  t.equal(plain.by, 'alive', 'anything else: by staying alive')
+})
 
 t.test('a crashing instance restarts with a growing backoff: 1 s, 2 s, 4 s', async (t) => {
   const n = node(t)
