@@ -85,8 +85,10 @@ export interface Worker {
 
 /** How long a starting instance may take to become ready. */
 const READY_TIMEOUT_MS = 60_000
-/** How often readiness (and the exit of adopted instances being stopped) is checked: a connect
- * or a /proc read per starting instance, cheap next to the wait it saves a deploy. */
+/**
+ * How often readiness (and the exit of adopted instances being stopped) is checked: a connect
+ * or a /proc read per starting instance, cheap next to the wait it saves a deploy.
+ */
 const FAST_POLL_MS = 50
 /**
  * A non-web instance counts as ready after staying alive this long, or sooner, for a handler,
