@@ -165,7 +165,8 @@ t.test('nodejs: a zero-dependency app with a lock file and a build script', asyn
   t.match(readFileSync(join(b.pack, 'export'), 'utf8'), `${b.app}/node_modules/.bin`)
 
   const r = await release(t, b)
-  t.same(r.defaultProcessTypes, { web: 'npm start' })
+  t.same(r.defaultProcessTypes, { web: 'node server.js' }, 'the start script, without npm')
+  t.match(c.stdout, /^ {7}Default web process: node server\.js$/m)
 
   const url = await startWeb(t, b, r.defaultProcessTypes.web!, /^listening$/)
   const res = await fetch(url)

@@ -9,6 +9,8 @@
 #     declares (all kinds) plus the packages its lock lists besides the app itself
 #     5 npm's version (read from its package.json: `npm --version` starts all of npm)
 #   and fails with the parse error when package.json or the lock is not JSON
+#   package_json::web_command DIR           prints the release YAML of the default web process
+#                                           (see bin/release)
 
 package_json::field() {
   # node -e runs CommonJS whatever package.json around the buildpack says; the script is JS
@@ -63,4 +65,22 @@ package_json::facts() {
     const engines = pkg.engines ?? {}
     process.stdout.write([str(engines.node), build, str(scripts.start), declared + locked, npm].join("\n") + "\n")
   ' "$1" "$(command -v npm)"
+}
+
+package_json::web_command() {
+  # shellcheck disable=SC2016
+  node -e '
+    const fs = require("node:fs")
+    const dir = process.argv[1]
+    const pkg = JSON.parse(fs.readFileSync(`${dir}/package.json`, "utf8"))
+    const scripts = pkg.scripts ?? {}
+    const str = (v) => (typeof v === "string" ? v : "")
+    let start = str(scripts.start)
+    if (start === "" && fs.existsSync(`${dir}/server.js`)) start = "node server.js"
+    let web = start
+    // A hook that must run around it, or a script YAML would need quoting: npm runs it.
+    const plain = /^[A-Za-z0-9_.\/][A-Za-z0-9_.\/ =:,@%+-]*$/.test(start)
+    if (start !== "" && (str(scripts.prestart) + str(scripts.poststart) !== "" || !plain)) web = "npm start"
+    process.stdout.write(web === "" ? "--- {}\n" : `---\ndefault_process_types:\n  web: ${web}\n`)
+  ' "$1"
 }
