@@ -166,7 +166,6 @@ t.test('nodejs: a zero-dependency app with a lock file and a build script', asyn
 
   const r = await release(t, b)
   t.same(r.defaultProcessTypes, { web: 'node server.js' }, 'the start script, without npm')
-  t.match(c.stdout, /^ {7}Default web process: node server\.js$/m)
 
   const url = await startWeb(t, b, r.defaultProcessTypes.web!, /^listening$/)
   const res = await fetch(url)

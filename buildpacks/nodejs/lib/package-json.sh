@@ -8,6 +8,7 @@
 #     3 scripts.start  4 the number of packages to install: the dependencies package.json
 #     declares (all kinds) plus the packages its lock lists besides the app itself
 #     5 npm's version (read from its package.json: `npm --version` starts all of npm)
+#     6 node's version (v20.x.y)
 #   and fails with the parse error when package.json or the lock is not JSON
 #   package_json::web_command DIR           prints the release YAML of the default web process
 #                                           (see bin/release)
@@ -63,7 +64,7 @@ package_json::facts() {
       }
     }
     const engines = pkg.engines ?? {}
-    process.stdout.write([str(engines.node), build, str(scripts.start), declared + locked, npm].join("\n") + "\n")
+    process.stdout.write([str(engines.node), build, str(scripts.start), declared + locked, npm, process.version].join("\n") + "\n")
   ' "$1" "$(command -v npm)"
 }
 
