@@ -63,6 +63,8 @@ export interface CommandContext {
   plan: Plan
   /** The latest report of each node. */
   reports: ReadonlyMap<string, NodeReport>
+  /** When each node last reported (the master's clock); the state keeps it only on a change. */
+  lastSeen?: ReadonlyMap<string, number>
   now: number
 }
 
@@ -583,6 +585,7 @@ const COMMANDS: Record<string, Command> = {
           const r = ctx.reports.get(n.name)
           return {
             ...n,
+            lastSeen: Math.max(n.lastSeen, ctx.lastSeen?.get(n.name) ?? 0),
             instances: count.get(n.name) ?? 0,
             ...(r ? { load: r.load, mem: r.mem, applied: r.applied, errors: r.errors } : {}),
           }

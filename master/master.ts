@@ -312,6 +312,7 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
           endpoints,
           plan: current,
           reports,
+          lastSeen,
           now: Date.now(),
         })
         if (out.changed) await commit(draft)

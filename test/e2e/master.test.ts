@@ -381,6 +381,11 @@ t.test('the master, end to end', async (t) => {
       { name: 'node1', addr: '127.0.0.1', capacity: 10, status: 'up' },
       { name: 'node2', addr: '127.0.0.1', capacity: 10, status: 'up' },
     ])
+    const seen = (up[0] as unknown as { lastSeen: number }).lastSeen
+    await until('lastSeen follows the reports, not only state changes', async () => {
+      const list = (await call('nodes')) as { lastSeen: number }[]
+      return list[0]!.lastSeen > seen
+    })
     t.same(await call('ps:scale', { app: 'shop', formation: { web: 2, worker: 2 } }), {
       formation: { web: 2, worker: 2 },
     })
