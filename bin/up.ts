@@ -25,7 +25,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { AppError } from '../lib/errors.js'
 
-const BIN = fileURLToPath(new URL('./bareku', import.meta.url))
+// From the repository root's level, so that it holds in bin/ and in the bundle in dist/.
+const BIN = fileURLToPath(new URL('../bin/bareku', import.meta.url))
 
 export const UP_USAGE = `usage: bareku up [--port PORT] [--home DIR]
 

@@ -20,7 +20,8 @@ export const APP_NAME = /^[a-z][a-z0-9-]{0,29}$/
 /** This checkout's `bareku` command, the default that hooks and forced ssh commands run. */
 export const BAREKU_BIN = fileURLToPath(new URL('../bin/bareku', import.meta.url))
 
-const TEMPLATE = fileURLToPath(new URL('./pre-receive', import.meta.url))
+// From the repository root's level, so that it holds in hooks/ and in the bundle in dist/.
+const TEMPLATE = fileURLToPath(new URL('../hooks/pre-receive', import.meta.url))
 
 /** Throws E_APP unless `name` is a valid app name (no path tricks: no `/`, `..`, dots, caps). */
 export function checkAppName(name: string): string {
