@@ -102,7 +102,7 @@ export function loadHookSettings(env: NodeJS.ProcessEnv): HookSettings {
     maxFileBytes: positiveInt(env, 'BAREKU_MAX_FILE_BYTES', 500 * 1024 * 1024),
     keepReleases: positiveInt(env, 'BAREKU_KEEP_RELEASES', 5),
     user: env.BAREKU_USER || env.USER || userInfo().username,
-    pollMs: 200,
+    pollMs: 50,
   }
 }
 
