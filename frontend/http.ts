@@ -3,14 +3,21 @@
  * request into a Mongrel2 request message, and each handler reply back into writes on the client
  * connection it addresses.
  *
- *   client ──HTTP──> uWS ──buildHeaders──> encodeRequest ──PUSH──> handler
- *   client <──uWS writes── ResponseParser <──parseReply── SUB <──── handler (raw HTTP bytes)
+ *   client ──HTTP──> uWS ──headersJson──> encodeJsonRequest ──PUSH──> handler   (no body, JSON)
+ *                       └──buildHeaders──> encodeRequest ──────┘         (bodies, tnetstring)
+ *   client <──uWS writes── ResponseParser <──ReplyReader── SUB <──── handler (raw HTTP bytes)
  *   client ──WS frame──> uWS message ──> request, METHOD WEBSOCKET, FLAGS 0x81 ──> handler
  *   client <──ws.send── FrameParser <──── raw frames ──────────────────────────── handler
  *
  * The handler writes raw HTTP; uWS owns the socket, so each connection's reply stream is parsed
  * incrementally (status, headers, Content-Length / chunked / close-delimited body) and mapped
  * onto uWS calls, corked, with backpressure.
+ *
+ * The request and reply paths run per request at tens of thousands a second, so they allocate
+ * little on purpose: headers are read into reused arrays, the header JSON is concatenated text,
+ * replies are read by one reusable reader, response parsers are pooled, one cork function serves
+ * every reply. Anything unusual (bodies, uploads, WebSockets, odd header names) takes the plain
+ * object path.
  */
 import { closeSync, openSync, unlinkSync, writeSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
@@ -31,9 +38,10 @@ import type { Logger } from '../lib/log.js'
 import { isAppError } from '../lib/errors.js'
 import {
   encodeDisconnect,
+  encodeJsonRequest,
   encodeRequest,
   parseExtended,
-  parseReply,
+  ReplyReader,
   type Headers,
 } from '../lib/protocol/mongrel2.js'
 import {
@@ -60,7 +68,7 @@ import { createProxyRoute, type ProxyRoute } from './proxy.js'
 import { HandlerSocket } from './handler-socket.js'
 import { ZmtpHandlerSocket } from './zmtp-socket.js'
 import type { Limits } from './limits.js'
-import { buildHeaders, type RequestInfo } from './translate.js'
+import { buildHeaders, headersJson, type TranslateOptions } from './translate.js'
 
 /** A handler route's sockets, shared by every route that names the same handler. */
 interface Route {
@@ -104,6 +112,8 @@ interface HttpConn {
   replied: boolean
   /** The request message again, under the conn's current id: only for idempotent requests. */
   again?: () => Buffer
+  /** The same for a request sent by the JSON fast path: its path and header JSON. */
+  json?: { path: string; json: string; ascii: boolean }
   /** Already sent to a second handler after the first died with it. */
   retried: boolean
   head?: ResponseHead
@@ -111,8 +121,11 @@ interface HttpConn {
   held?: { msgs: Buffer[]; timer: NodeJS.Timeout }
   /** Body bytes uWS could not take yet (Content-Length replies through tryEnd). */
   stall?: { chunk: Buffer; start: number }
-  queue: Buffer[]
+  /** Chunks waiting behind a stall (made on the first stall: most replies never need it). */
+  queue?: Buffer[]
   queued: number
+  /** Body bytes of a Content-Length reply uWS has taken, i.e. its write offset. */
+  bodyOut: number
   writableHooked: boolean
   upload?: { fd: number; path: string; abs: string }
   /** A WebSocket handshake waiting for the handler's 101. */
@@ -166,14 +179,36 @@ interface WsData {
   id: number
 }
 
-// Hop-by-hop and framing headers from the handler that uWS writes itself (or must not see).
-const DROP_REPLY_HEADERS = new Set([
-  'content-length',
-  'transfer-encoding',
-  'connection',
-  'keep-alive',
-  'date',
-])
+/**
+ * Hop-by-hop and framing headers from the handler that uWS writes itself (or must not see):
+ * content-length, transfer-encoding, connection, keep-alive, date, in any case. Compared by
+ * length, then letters, so that no lowercased copy is made per header.
+ */
+function droppedReplyHeader(name: string): boolean {
+  switch (name.length) {
+    case 4:
+      return sameLetters(name, 'date')
+    case 10:
+      return sameLetters(name, 'connection') || sameLetters(name, 'keep-alive')
+    case 14:
+      return sameLetters(name, 'content-length')
+    case 17:
+      return sameLetters(name, 'transfer-encoding')
+    default:
+      return false
+  }
+}
+
+/**
+ * `name` equals `lower` (lowercase letters and "-") ignoring ASCII case. OR-ing 0x20 lowercases
+ * a letter and maps no other token character onto a letter or "-".
+ */
+function sameLetters(name: string, lower: string): boolean {
+  for (let i = 0; i < lower.length; i++) {
+    if ((name.charCodeAt(i) | 0x20) !== lower.charCodeAt(i)) return false
+  }
+  return true
+}
 
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request',
@@ -280,7 +315,20 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         routes.set(key, route)
       }
     }
+    routeCache = new WeakMap()
     return used
+  }
+
+  // The route of each handler target as routed, so that a request builds no key string; the
+  // cache is dropped whenever the route table changes.
+  let routeCache = new WeakMap<HandlerTarget, Route>()
+  function routeFor(target: HandlerTarget): Route {
+    let route = routeCache.get(target)
+    if (route === undefined) {
+      route = routes.get(routeKey(target))!
+      routeCache.set(target, route)
+    }
+    return route
   }
 
   /** A handler gone from the config: its waiting requests get a 503, its sockets close. */
@@ -357,6 +405,13 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     route.socket.send(encodeDisconnect(route.target.sendIdent, id, route.target.protocol))
   }
 
+  /** A retried request's message under its new id. */
+  function again(conn: HttpConn): Buffer {
+    const j = conn.json
+    if (j === undefined) return conn.again!()
+    return encodeJsonRequest(conn.route.target.sendIdent, conn.id, j.path, j.json, EMPTY, j.ascii)
+  }
+
   /**
    * Requests a dead handler took and never answered: an idempotent one that got no reply byte
    * goes to another handler (once), anything else gets a 502, or a close once its reply began.
@@ -369,12 +424,12 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         log.warn({ id, handler: route.target.sendIdent }, 'handler died mid-reply, closing')
         finish(conn)
         conn.res.close()
-      } else if (conn.again && !conn.retried) {
+      } else if ((conn.again || conn.json) && !conn.retried) {
         conns.delete(conn.id)
         conn.id = conns.add(conn)
         conn.retried = true
         log.info({ id, retry: conn.id, handler: route.target.sendIdent }, 'retrying a lost request')
-        send(conn, conn.again())
+        send(conn, again(conn))
       } else {
         log.warn({ id, handler: route.target.sendIdent }, 'handler died before answering: 502')
         finish(conn)
@@ -388,19 +443,26 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     }
   }
 
+  // One reader for every reply: nothing below onReply reads another reply before it returns
+  // (handler sockets only queue what is sent to them).
+  const reader = new ReplyReader()
+
   function onReply(route: Route, msg: Buffer): void {
-    let reply
     try {
-      reply = parseReply(msg)
+      reader.read(msg)
     } catch (err) {
       log.warn({ code: isAppError(err) ? err.code : undefined, err: String(err) }, 'dropped reply')
       return
     }
-    for (const id of reply.connIds) {
+    const ids = reader.ids
+    const extendedReply = reader.extended
+    const body = msg.subarray(reader.bodyAt)
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!
       const conn = conns.get(id)
       if (conn === undefined) {
         // Mongrel2 tells the handler an id is dead; an empty (close) message needs no answer.
-        if (reply.body.length > 0) notice(route, id)
+        if (body.length > 0) notice(route, id)
         continue
       }
       if (conn.route !== route) {
@@ -410,11 +472,11 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         )
         continue
       }
-      if (conn.kind === 'probe') probeReply(conn, reply.body)
-      else if (reply.extended) extended(conn, reply.body)
-      else if (reply.body.length === 0) closeConn(conn)
-      else if (conn.kind === 'http') httpReply(conn, reply.body)
-      else wsReply(conn, reply.body)
+      if (conn.kind === 'probe') probeReply(conn, body)
+      else if (extendedReply) extended(conn, body)
+      else if (body.length === 0) closeConn(conn)
+      else if (conn.kind === 'http') httpReply(conn, body)
+      else wsReply(conn, body)
     }
   }
 
@@ -442,11 +504,22 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     closeConn(conn)
   }
 
+  // Parsers of finished requests, reused: a client's request needs one for its reply.
+  const parsers: ResponseParser[] = []
+
   function finish(conn: HttpConn): void {
+    if (!conn.done && conn.parser.idle && !conn.parser.switched && parsers.length < 1024) {
+      // Nothing touches a done conn's parser again (every use checks done first).
+      conn.parser.reset()
+      parsers.push(conn.parser)
+    }
     conn.done = true
     conn.route.socket.settle(conn.id)
-    if (conn.held) clearTimeout(conn.held.timer)
-    conn.route.held.delete(conn)
+    // Only a held conn is in route.held (flushHeld empties it as it clears conn.held).
+    if (conn.held) {
+      clearTimeout(conn.held.timer)
+      conn.route.held.delete(conn)
+    }
     conns.delete(conn.id)
     if (conn.route.release) statusChanged()
     if (conn.route.retiring) retired(conn.route)
@@ -507,12 +580,22 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       else fail(conn.res, 502)
       return
     }
-    conn.res.cork(() => {
-      for (const ev of events) {
-        if (conn.done) break
-        apply(conn, ev)
-      }
-    })
+    corkConn = conn
+    corkEvents = events
+    conn.res.cork(corked)
+  }
+
+  // What the next cork writes: one function for every reply rather than a closure per reply.
+  let corkConn: HttpConn | undefined
+  let corkEvents: ResponseEvent[] = []
+  function corked(): void {
+    const conn = corkConn!
+    const events = corkEvents
+    corkConn = undefined
+    for (let i = 0; i < events.length; i++) {
+      if (conn.done) break
+      apply(conn, events[i]!)
+    }
   }
 
   function apply(conn: HttpConn, ev: ResponseEvent): void {
@@ -527,9 +610,14 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
           if (head.status === 101) return upgradeWs(conn, head)
           conn.upgrade = undefined
         }
-        res.writeStatus(head.reason ? `${head.status} ${head.reason}` : String(head.status))
-        for (const [name, value] of head.headers) {
-          if (!DROP_REPLY_HEADERS.has(name.toLowerCase())) res.writeHeader(name, value)
+        // uWS writes "200 OK" itself when no status is set: the common reply spares the call.
+        if (head.status !== 200 || head.reason !== 'OK') {
+          res.writeStatus(statusLine(head.status, head.reason))
+        }
+        const fields = head.headers
+        for (let i = 0; i < fields.length; i++) {
+          const [name, value] = fields[i]!
+          if (!droppedReplyHeader(name)) res.writeHeader(name, value)
         }
         // uWS's own close flag writes its header too late once a body is streaming, so the
         // handler's wish to close is passed on as a header, and the client closes.
@@ -569,6 +657,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 
   function writeLength(conn: HttpConn, chunk: Buffer): void {
     if (conn.stall) {
+      conn.queue ??= []
       conn.queue.push(chunk)
       conn.queued += chunk.length
       if (conn.queued > limits.connBuffer) overflow(conn)
@@ -578,10 +667,22 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   }
 
   function tryEnd(conn: HttpConn, chunk: Buffer): void {
-    const start = conn.res.getWriteOffset()
+    if (conn.bodyOut === 0 && chunk.length === conn.head!.contentLength) {
+      // The whole body at once (the common reply): end() writes it like tryEnd would, and
+      // keeps what the socket cannot take yet itself, so there is nothing to retry.
+      conn.res.end(chunk)
+      finish(conn)
+      return
+    }
+    // Where uWS's write offset stands: every earlier chunk went out whole (or we would be
+    // stalled), so it is counted here instead of asked for with getWriteOffset().
+    const start = conn.bodyOut
     const [ok, done] = conn.res.tryEnd(chunk, conn.head!.contentLength!)
     if (done) return finish(conn)
-    if (ok) return
+    if (ok) {
+      conn.bodyOut = start + chunk.length
+      return
+    }
     conn.stall = { chunk, start }
     conn.queued += chunk.length
     hookWritable(conn)
@@ -619,9 +720,11 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         conn.stall = { chunk: rest, start: offset }
         return false
       }
+      conn.bodyOut = stall.start + stall.chunk.length
       conn.stall = undefined
       conn.queued = 0
-      while (conn.queue.length > 0 && !conn.stall && !conn.done) tryEnd(conn, conn.queue.shift()!)
+      const queue = conn.queue
+      while (queue && queue.length > 0 && !conn.stall && !conn.done) tryEnd(conn, queue.shift()!)
       return true
     })
   }
@@ -959,19 +1062,24 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     route.held.clear()
   }
 
-  function readRequest(res: HttpResponse, req: HttpRequest): RequestInfo & { size: number } {
-    const headers: [string, string][] = []
-    let size = 0
-    req.forEach((name, value) => {
-      headers.push([name, value])
-      size += name.length + value.length + 4
-    })
+  /**
+   * Reads the request line and headers into the module's scratch arrays (no per-request pairs),
+   * and the client address; pairs() gives the headers as a fresh list when a route keeps them.
+   */
+  function readRequest(res: HttpResponse, req: HttpRequest): Scratch {
+    const r = scratch
+    r.count = 0
+    r.size = 0
+    req.forEach(collectHeader)
     const url = req.getUrl()
     const query = req.getQuery() as string | undefined
-    const method = req.getMethod().toUpperCase()
-    size += method.length + url.length + (query?.length ?? 0) + 12
-    const remoteAddr = Buffer.from(res.getRemoteAddressAsText()).toString()
-    return { method, url, query, headers, remoteAddr, size }
+    const method = upperMethod(req.getMethod())
+    r.size += method.length + url.length + (query?.length ?? 0) + 12
+    r.method = method
+    r.url = url
+    r.query = query
+    r.remoteAddr = remoteAddress(res)
+    return r
   }
 
   /** Registers a request routed to a handler under a fresh id; a client abort owes a notice. */
@@ -982,13 +1090,13 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       res,
       route,
       method,
-      parser: new ResponseParser(),
+      parser: parsers.pop() ?? new ResponseParser(),
       sent: false,
       done: false,
       replied: false,
       retried: false,
-      queue: [],
       queued: 0,
+      bodyOut: 0,
       writableHooked: false,
     }
     conn.parser.expect(method)
@@ -1007,9 +1115,10 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   function onHttp(res: HttpResponse, req: HttpRequest): void {
     const info = readRequest(res, req)
     if (info.size > limits.headerSize) return fail(res, 431)
-    const expect = req.getHeader('expect')
+    const expect = header(info, 'expect')
     if (expect !== '' && expect.toLowerCase() !== '100-continue') return fail(res, 417)
-    const found = matcher.match(req.getHeader('host') || undefined, splitPath(info.url))
+    const host = header(info, 'host')
+    const found = matcher.match(host || undefined, splitPath(info.url))
     if (found === undefined) return fail(res, 404)
     const target = choose(found.target)
     if (target.kind === 'dir') {
@@ -1018,26 +1127,56 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         method: info.method,
         path: splitPath(info.url),
         routePrefix: prefixOf(found.routeKey),
-        headers: info.headers,
+        headers: pairs(info),
       })
     }
     if (target.kind === 'proxy') {
       return proxyRoute(target).serve(res, {
         method: info.method,
         url: info.query === undefined ? info.url : `${info.url}?${info.query}`,
-        headers: info.headers,
+        headers: pairs(info),
         remoteAddr: info.remoteAddr,
-        host: req.getHeader('host'),
+        host,
       })
     }
-    const route = routes.get(routeKey(target))!
+    const route = routeFor(target)
     const conn = newConn(res, route, info.method)
-    const { path, headers } = buildHeaders(info, {
+    const te = header(info, 'transfer-encoding')
+    const clText = header(info, 'content-length')
+    const opts: TranslateOptions = {
       pattern: found.routeKey,
       scheme: 'http',
       noClobberXff: limits.noClobberXff,
       maxHeaders: limits.headerCount,
-    })
+    }
+    if (te === '' && clText === '' && route.target.protocol === 'json') {
+      // The common request: no body, JSON headers, built as text straight from uWS's strings.
+      const fast = headersJson(
+        info.method,
+        info.url,
+        info.query,
+        info.names,
+        info.values,
+        info.count,
+        info.remoteAddr,
+        opts,
+      )
+      if (fast !== undefined) {
+        if (info.method === 'GET' || info.method === 'HEAD') conn.json = fast
+        return send(
+          conn,
+          encodeJsonRequest(
+            route.target.sendIdent,
+            conn.id,
+            fast.path,
+            fast.json,
+            EMPTY,
+            fast.ascii,
+          ),
+        )
+      }
+    }
+    const { path, headers } = buildHeaders(asRequest(info), opts)
     const message = (body: Buffer): Buffer =>
       encodeRequest({
         sender: route.target.sendIdent,
@@ -1048,8 +1187,6 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         format: route.target.protocol,
       })
 
-    const te = req.getHeader('transfer-encoding')
-    const clText = req.getHeader('content-length')
     if (te === '' && clText === '') {
       if (info.method === 'GET' || info.method === 'HEAD') conn.again = () => message(EMPTY)
       return send(conn, message(EMPTY))
@@ -1141,10 +1278,10 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     const found = matcher.match(req.getHeader('host') || undefined, splitPath(info.url))
     const target = found && choose(found.target)
     if (found === undefined || target?.kind !== 'handler') return fail(res, 404)
-    const route = routes.get(routeKey(target))!
+    const route = routeFor(target)
     const key = req.getHeader('sec-websocket-key')
     const { path, headers } = buildHeaders(
-      info,
+      asRequest(info),
       {
         pattern: found.routeKey,
         scheme: 'http',
@@ -1382,6 +1519,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         routes.delete(key)
         retire(route)
       }
+      routeCache = new WeakMap()
       statusChanged()
     },
     close() {
@@ -1406,6 +1544,114 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 }
 
 const EMPTY = Buffer.alloc(0)
+
+/**
+ * The request being read, reused for every request: uWS calls onHttp synchronously and nothing in
+ * it re-enters, so one set of arrays serves all, and the common request allocates no pair list.
+ */
+interface Scratch {
+  method: string
+  url: string
+  query: string | undefined
+  remoteAddr: string
+  /** Header names (lowercase) and values, `count` of them, in arrival order. */
+  names: string[]
+  values: string[]
+  count: number
+  /** Request line and headers, bytes, as limits.header_size counts them. */
+  size: number
+}
+
+const scratch: Scratch = {
+  method: '',
+  url: '',
+  query: undefined,
+  remoteAddr: '',
+  names: [],
+  values: [],
+  count: 0,
+  size: 0,
+}
+
+// One function for every req.forEach: a closure per request would be garbage per request.
+function collectHeader(name: string, value: string): void {
+  const r = scratch
+  r.names[r.count] = name
+  r.values[r.count] = value
+  r.count++
+  r.size += name.length + value.length + 4
+}
+
+/** The first value of header `name` (lowercase), '' when absent, as req.getHeader answers. */
+function header(r: Scratch, name: string): string {
+  for (let i = 0; i < r.count; i++) if (r.names[i] === name) return r.values[i]!
+  return ''
+}
+
+/** The request as buildHeaders takes it (its headers copied: the scratch is reused). */
+function asRequest(r: Scratch) {
+  return {
+    method: r.method,
+    url: r.url,
+    query: r.query,
+    headers: pairs(r),
+    remoteAddr: r.remoteAddr,
+  }
+}
+
+/** The headers as a fresh list, for routes that keep them past onHttp (proxy, dir, upgrade). */
+function pairs(r: Scratch): [string, string][] {
+  const out: [string, string][] = []
+  for (let i = 0; i < r.count; i++) out.push([r.names[i]!, r.values[i]!])
+  return out
+}
+
+// uWS gives the method lowercase; the common ones map to constants instead of a new string each.
+function upperMethod(m: string): string {
+  switch (m) {
+    case 'get':
+      return 'GET'
+    case 'head':
+      return 'HEAD'
+    case 'post':
+      return 'POST'
+    case 'put':
+      return 'PUT'
+    case 'delete':
+      return 'DELETE'
+    default:
+      return m.toUpperCase()
+  }
+}
+
+// uWS copies the address text into a new ArrayBuffer per call (there is no per-connection handle
+// to keep it on); the last address's string is reused while the bytes are the same.
+let lastAddrBytes = new Uint8Array(0)
+let lastAddr = ''
+function remoteAddress(res: HttpResponse): string {
+  const bytes = new Uint8Array(res.getRemoteAddressAsText())
+  const last = lastAddrBytes
+  if (bytes.length === last.length) {
+    let i = 0
+    while (i < bytes.length && bytes[i] === last[i]) i++
+    if (i === bytes.length) return lastAddr
+  }
+  lastAddrBytes = bytes
+  lastAddr = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString()
+  return lastAddr
+}
+
+// Status lines as uWS will write them, kept as bytes per status: a string argument costs uWS a
+// UTF-8 conversion into a fresh allocation on every call.
+const statusLines = new Map<number, { reason: string; line: Buffer }>()
+function statusLine(status: number, reason: string): Buffer | string {
+  const known = statusLines.get(status)
+  if (known !== undefined && known.reason === reason) return known.line
+  const line = reason ? `${status} ${reason}` : String(status)
+  // The first reason seen for a status is kept (a handler's own reasons cannot grow the map).
+  if (known === undefined) statusLines.set(status, { reason, line: Buffer.from(line) })
+  return line
+}
 
 /** A proxy target as routed: with the health check of its release, if it has one. */
 interface ProxyUse {

@@ -93,3 +93,112 @@ export function buildHeaders(
   headers.REMOTE_ADDR = req.remoteAddr
   return { path: target.path, headers }
 }
+
+/** Most header lines the concatenating path takes; above, duplicates are grouped by the object path. */
+const FAST_MAX_HEADERS = 32
+
+// What JSON.stringify would escape ('"', '\\', control characters, lone surrogates), and anything
+// outside printable ASCII: such a string is quoted by JSON.stringify itself.
+const NOT_PLAIN = /["\\]|[^\x20-\x7e]/
+
+/** False once a string quoted since the last reset was not plain printable ASCII. */
+let plain = true
+
+/** A JSON string literal, as JSON.stringify writes it; concatenation when nothing needs escaping. */
+function quote(s: string): string {
+  if (!NOT_PLAIN.test(s)) return '"' + s + '"'
+  plain = false
+  return JSON.stringify(s)
+}
+
+// The end of the object (PATTERN, URL_SCHEME, REMOTE_ADDR) for the last route and client seen:
+// consecutive requests mostly share it, and then it costs no concatenation.
+let tailPattern = ''
+let tailScheme = ''
+let tailAddr = ''
+let tail = ''
+let tailPlain = true
+
+function tailOf(pattern: string, scheme: string, addr: string): string {
+  if (pattern !== tailPattern || scheme !== tailScheme || addr !== tailAddr || tail === '') {
+    const was = plain
+    plain = true
+    tail =
+      ',"PATTERN":' +
+      quote(pattern) +
+      ',"URL_SCHEME":' +
+      quote(scheme) +
+      ',"REMOTE_ADDR":' +
+      quote(addr) +
+      '}'
+    tailPlain = plain
+    plain = was
+    tailPattern = pattern
+    tailScheme = scheme
+    tailAddr = addr
+  }
+  if (!tailPlain) plain = false
+  return tail
+}
+
+/** Duplicate header lines already written, by index (scratch, reused). */
+const written = new Uint8Array(FAST_MAX_HEADERS)
+
+/**
+ * The JSON text of buildHeaders(...).headers, byte for byte what JSON.stringify gives, built by
+ * string concatenation from the header lines as uWS hands them over (parallel name and value
+ * arrays, `count` of them): no header object, no pair arrays. Undefined when the object path must
+ * decide: more than FAST_MAX_HEADERS lines (grouping repeats here is quadratic), or a name that a
+ * JS object would reorder (integer-like keys go first) or drop (`__proto__`). `ascii`: the text is
+ * printable ASCII only, so its byte length is its length (encodeJsonRequest's fast case).
+ */
+export function headersJson(
+  method: string,
+  url: string,
+  query: string | undefined,
+  names: readonly string[],
+  values: readonly string[],
+  count: number,
+  remoteAddr: string,
+  opts: TranslateOptions,
+): { path: string; json: string; ascii: boolean } | undefined {
+  if (count > FAST_MAX_HEADERS) return undefined
+  const n = Math.min(count, opts.maxHeaders)
+  for (let i = 0; i < n; i++) {
+    const c = names[i]!.charCodeAt(0)
+    if ((c >= 0x30 && c <= 0x39) || names[i] === '__proto__') return undefined
+  }
+  plain = true
+  const target = splitTarget(url, query)
+  let json = '{"PATH":' + quote(target.path)
+  const addr = opts.noClobberXff ? '' : quote(remoteAddr)
+  if (!opts.noClobberXff) json += ',"x-forwarded-for":' + addr
+  let sawXff = !opts.noClobberXff
+  written.fill(0, 0, n)
+  for (let i = 0; i < n; i++) {
+    if (written[i] === 1) continue
+    const name = names[i]!
+    if (name === 'x-forwarded-for') {
+      if (!opts.noClobberXff) continue
+      sawXff = true
+    }
+    // Later lines of the same name join this one as a list (at most MAX_DUPE_HEADERS values),
+    // at the place of the first, as assigning them to an object does.
+    let list: string | undefined
+    let listed = 1
+    for (let k = i + 1; k < n; k++) {
+      if (names[k] !== name) continue
+      written[k] = 1
+      if (listed === MAX_DUPE_HEADERS) continue
+      list = (list ?? '[' + quote(values[i]!)) + ',' + quote(values[k]!)
+      listed++
+    }
+    json += ',' + quote(name) + ':' + (list === undefined ? quote(values[i]!) : list + ']')
+  }
+  if (!sawXff) json += ',"x-forwarded-for":' + quote(remoteAddr)
+  json += ',"METHOD":' + quote(method) + ',"VERSION":"HTTP/1.1","URI":' + quote(target.uri)
+  if (target.query !== undefined) json += ',"QUERY":' + quote(target.query)
+  if (target.fragment !== undefined) json += ',"FRAGMENT":' + quote(target.fragment)
+  json += tailOf(opts.pattern, opts.scheme, remoteAddr)
+  return { path: target.path, json, ascii: plain }
+}

@@ -55,6 +55,7 @@ import {
   parsePing,
   type Greeting,
 } from '../lib/protocol/zmtp.js'
+import { IdMap } from './connections.js'
 import type { HandlerSocketEvents, HandlerSocketOptions } from './handler-socket.js'
 
 export type { HandlerSocketEvents, HandlerSocketOptions }
@@ -90,8 +91,9 @@ interface Peer {
   /** Frames of a multipart message read so far (SUB side). */
   parts: Buffer[]
   partsSize: number
-  /** Ids of the requests written to this PULL peer and not settled yet. */
-  taken: Set<number>
+  /** Ids of the requests written to this PULL peer and not settled yet (an IdMap, not a Set: see
+   * connections.ts on why per-request ids stay out of Sets). */
+  taken: IdMap<true>
 }
 
 /** The unsettled requests of a PULL peer whose connection closed. */
@@ -199,8 +201,6 @@ export class ZmtpHandlerSocket {
   /** Requests no peer has taken yet, oldest first, and their ids (0: not tracked). */
   private pending: Buffer[] = []
   private pendingIds: number[] = []
-  /** The PULL peer each tracked request was written to. */
-  private readonly owner = new Map<number, Peer>()
   /** Closed PULL peers not yet paired with a closed PUB, oldest first. */
   private orphans: Orphans[] = []
   /** When PUB peers closed that no closed PULL has claimed yet (the last PAIR_MS only). */
@@ -261,10 +261,11 @@ export class ZmtpHandlerSocket {
 
   /** The request `id` is answered or given up: it can no longer be lost. */
   settle(id: number): void {
-    const peer = this.owner.get(id)
-    if (peer === undefined) return
-    this.owner.delete(id)
-    peer.taken.delete(id)
+    // The request is in the `taken` set of the peer it went to: an open PULL peer, or a closed
+    // one still waiting as an orphan. Asking the few peers is cheaper than an id -> peer map
+    // kept up to date on every request.
+    for (let i = 0; i < this.pulls.length; i++) if (this.pulls[i]!.taken.delete(id)) return
+    for (let i = 0; i < this.orphans.length; i++) if (this.orphans[i]!.peer.taken.delete(id)) return
   }
 
   /** Closes both servers and every peer connection; queued requests are dropped. */
@@ -274,7 +275,6 @@ export class ZmtpHandlerSocket {
     this.pendingIds = []
     for (const o of this.orphans) clearTimeout(o.timer)
     this.orphans = []
-    this.owner.clear()
     this.pushServer?.close()
     this.subServer?.close()
     for (const peer of this.peers) {
@@ -326,8 +326,7 @@ export class ZmtpHandlerSocket {
   private write(peer: Peer, msgs: Buffer[], ids: number[]): void {
     for (const id of ids) {
       if (id === 0) continue
-      peer.taken.add(id)
-      this.owner.set(id, peer)
+      peer.taken.set(id, true)
     }
     peer.writing = true
     const buf = msgs.length === 1 ? encodeFrame(msgs[0]!) : encodeMessages(msgs)
@@ -362,7 +361,7 @@ export class ZmtpHandlerSocket {
       writing: false,
       parts: [],
       partsSize: 0,
-      taken: new Set(),
+      taken: new IdMap(),
       parser: undefined as unknown as ZmtpParser,
     }
     peer.parser = new ZmtpParser({
@@ -609,10 +608,9 @@ export class ZmtpHandlerSocket {
   }
 
   private lose(peer: Peer, why = 'the handler process is gone'): void {
-    const ids = [...peer.taken]
+    const ids = peer.taken.ids()
     peer.taken.clear()
     if (ids.length === 0) return
-    for (const id of ids) this.owner.delete(id)
     this.log.warn({ peer: peer.name, requests: ids.length, why }, 'handler lost requests')
     this.events.onLost?.(ids)
   }

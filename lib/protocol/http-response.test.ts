@@ -462,6 +462,30 @@ t.test('good responses, split at every byte position and fed one byte at a time'
   }
 })
 
+t.test('a reset parser reads every good response as a new one does', async (t) => {
+  const p = new ResponseParser()
+  for (const [name, input, c] of goodInputs) {
+    // Leave it in the middle of something first: reset must forget it all.
+    p.expect('HEAD')
+    try {
+      p.push(bin('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Half: 1'))
+    } catch {
+      // a parser finished or failed by an earlier case is reset all the same
+    }
+    p.reset()
+    t.ok(p.idle, `${name}: idle after reset`)
+    for (const m of c.methods ?? []) p.expect(m)
+    const events: ResponseEvent[] = []
+    try {
+      events.push(...p.push(input))
+      if (c.finish) events.push(...p.finish())
+    } catch (err) {
+      t.fail(`${name}: ${String(err)}`)
+    }
+    t.same(flatten(events), c.events, name)
+  }
+})
+
 t.test('state between responses', async (t) => {
   const p = new ResponseParser()
   t.ok(p.idle, 'idle before anything')

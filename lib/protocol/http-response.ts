@@ -122,6 +122,41 @@ const NAME_CONNECTION = Buffer.from('connection')
 
 const END: ResponseEvent = Object.freeze({ type: 'end' })
 
+// Field names and reasons most replies carry, as constant strings: a name that matches one
+// byte for byte costs no new string. Matched exactly (case included), so nothing changes.
+const COMMON_NAMES = [
+  'Content-Length',
+  'Content-Type',
+  'Connection',
+  'Transfer-Encoding',
+  'Date',
+  'Server',
+  'Cache-Control',
+  'Set-Cookie',
+  'Location',
+  'Last-Modified',
+  'ETag',
+  'Expires',
+  'Vary',
+  'Keep-Alive',
+  'content-length',
+  'content-type',
+  'connection',
+  'transfer-encoding',
+].map((name) => ({ name, bytes: Buffer.from(name, 'latin1') }))
+
+/** buf[start..end) as a latin1 string, one of COMMON_NAMES when it is one. */
+function commonName(buf: Buffer, start: number, end: number): string {
+  const len = end - start
+  for (const c of COMMON_NAMES) {
+    if (c.bytes.length !== len || c.bytes[0] !== buf[start]) continue
+    let i = 1
+    while (i < len && c.bytes[i] === buf[start + i]) i++
+    if (i === len) return c.name
+  }
+  return buf.toString('latin1', start, end)
+}
+
 function fail(message: string): AppError {
   return new AppError('E_HTTP_RESPONSE', message)
 }
@@ -161,6 +196,17 @@ function listElements(value: string): string[] {
 
 /** Content-Length = 1*DIGIT, possibly repeated as a list of identical values (RFC 9110 8.6). */
 function parseContentLength(value: string): number {
+  // The usual value: one short number, read without splitting.
+  if (value.length > 0 && value.length <= MAX_CONTENT_LENGTH_DIGITS) {
+    let n = 0
+    let i = 0
+    for (; i < value.length; i++) {
+      const d = value.charCodeAt(i) - 0x30
+      if (d < 0 || d > 9) break
+      n = n * 10 + d
+    }
+    if (i === value.length && n <= Number.MAX_SAFE_INTEGER) return n
+  }
   let result = -1
   for (const part of value.split(',')) {
     const item = part.trim()
@@ -228,6 +274,33 @@ export class ResponseParser {
   constructor(opts: ResponseParserOptions = {}) {
     this.maxHeaderBytes = opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES
     this.maxHeaders = opts.maxHeaders ?? DEFAULT_MAX_HEADERS
+  }
+
+  /**
+   * Makes the parser as new (same limits), whatever its state, for another stream: a caller
+   * keeping a pool of parsers saves an allocation per stream.
+   */
+  reset(): void {
+    this.methods.length = 0
+    this.state = S_STATUS
+    this.isSwitched = false
+    this.interim = false
+    if (this.parts.length > 0) this.parts = []
+    this.partLen = 0
+    this.sectionBytes = 0
+    this.fieldCount = 0
+    this.status = 0
+    this.reason = ''
+    this.minor = 1
+    if (this.headers.length > 0) this.headers = []
+    this.contentLengthValue = undefined
+    this.transferEncoding = undefined
+    this.connection = undefined
+    this.remaining = 0
+    this.chunkSize = 0
+    this.chunkSizeDigits = 0
+    this.chunkExtBytes = 0
+    this.inChunkExt = false
   }
 
   /**
@@ -433,7 +506,12 @@ export class ResponseParser {
     }
     this.status = status
     this.minor = buf[s + 7]! - 0x30
-    this.reason = e - s > 13 ? buf.toString('latin1', s + 13, e) : ''
+    this.reason =
+      e - s === 15 && buf[s + 13] === 0x4f && buf[s + 14] === 0x4b // "OK"
+        ? 'OK'
+        : e - s > 13
+          ? buf.toString('latin1', s + 13, e)
+          : ''
     this.state = S_FIELDS
   }
 
@@ -470,7 +548,7 @@ export class ResponseParser {
         )
     }
     if (this.state === S_TRAILER) return // trailers are checked and dropped
-    const name = buf.toString('latin1', s, i)
+    const name = commonName(buf, s, i)
     const value = buf.toString('latin1', vs, ve)
     this.headers.push([name, value])
     if (nameIs(buf, s, i, NAME_CONTENT_LENGTH))

@@ -12,6 +12,7 @@ import {
   parseExtended,
   parseReply,
   parseRequest,
+  ReplyReader,
   type HandlerRequest,
 } from './mongrel2.js'
 
@@ -296,4 +297,38 @@ t.test('random garbage never crashes or hangs the parsers', async (t) => {
     }
   }
   t.ok(rejected > 0, `${rejected} mutated messages rejected with a code, none crashed`)
+})
+
+t.test('one ReplyReader reused reads each reply as parseReply does', async (t) => {
+  const reader = new ReplyReader()
+  const inputs = [
+    `${UUID} 5:1 2 3, x`,
+    `${UUID} 4:X 12, 1:a]`,
+    'bad_uuid 1:1, x',
+    `u 1:7, `,
+    `${UUID} 0:, x`,
+    `any-other-uuid-123 3:8 9, body`,
+  ]
+  for (const input of inputs) {
+    const msg = Buffer.from(input)
+    let want
+    try {
+      want = parseReply(msg)
+    } catch (err) {
+      t.throws(() => reader.read(msg), { code: 'E_M2_REPLY' }, `${input}: the same error`)
+      t.equal((err as { code?: string }).code, 'E_M2_REPLY')
+      continue
+    }
+    reader.read(msg)
+    t.same(
+      [
+        msg.toString('latin1', 0, reader.uuidEnd),
+        [...reader.ids],
+        reader.extended,
+        msg.subarray(reader.bodyAt).toString(),
+      ],
+      [want.uuid, want.connIds, want.extended, want.body.toString()],
+      input,
+    )
+  }
 })

@@ -210,8 +210,8 @@ export function encodeRequest(req: HandlerRequest): Buffer {
   }
   const head = `${req.sender} ${req.connId} ${req.path} `
   const body = req.body
-  const bodyPrefix = `${body.length}:`
   if (req.format === 'tnetstring') {
+    const bodyPrefix = `${body.length}:`
     const headers = encodeTnetstring(req.headers)
     return Buffer.concat([
       Buffer.from(head),
@@ -221,7 +221,47 @@ export function encodeRequest(req: HandlerRequest): Buffer {
       Buffer.from(','),
     ])
   }
-  const json = JSON.stringify(req.headers)
+  return writeJsonRequest(head, JSON.stringify(req.headers), body)
+}
+
+/**
+ * encodeRequest for headers already in JSON text (`json` must be a JSON object, e.g. from the
+ * frontend's concatenating translator): the same bytes as encodeRequest with format 'json'.
+ * `ascii` promises that `json` is ASCII only; a bodiless request is then written in one pass.
+ */
+export function encodeJsonRequest(
+  sender: string,
+  connId: number,
+  path: string,
+  json: string,
+  body: Buffer,
+  ascii = false,
+): Buffer {
+  checkToken(sender, 'sender', 'E_M2_REQUEST')
+  checkToken(path, 'path', 'E_M2_REQUEST')
+  if (!Number.isInteger(connId) || connId < 0 || connId > MAX_CONN_ID) {
+    requestError(`connection id must be an integer from 0 to ${MAX_CONN_ID}, got ${connId}`)
+  }
+  if (ascii && body.length === 0 && asciiToken(sender)) {
+    // The path is inside the JSON too, so it is ASCII as well: one string, one latin1 copy,
+    // instead of measuring and writing each part as UTF-8.
+    return Buffer.from(`${sender} ${connId} ${path} ${json.length}:${json},0:,`, 'latin1')
+  }
+  return writeJsonRequest(`${sender} ${connId} ${path} `, json, body)
+}
+
+// The last sender found ASCII: senders are a handful of configured idents.
+let asciiSender = ''
+function asciiToken(sender: string): boolean {
+  if (sender === asciiSender) return true
+  // eslint-disable-next-line no-control-regex -- ASCII is the range to test
+  if (!/^[\x00-\x7f]*$/.test(sender)) return false
+  asciiSender = sender
+  return true
+}
+
+function writeJsonRequest(head: string, json: string, body: Buffer): Buffer {
+  const bodyPrefix = `${body.length}:`
   const jsonLength = Buffer.byteLength(json)
   const prefix = `${head}${jsonLength}:`
   const prefixLength = Buffer.byteLength(prefix)
@@ -307,10 +347,13 @@ function replyError(message: string): never {
 // The longest id list a valid reply can have: "X " plus 128 ids of 10 digits and their spaces.
 const MAX_TARGETS_LENGTH = 2 + MAX_TARGETS * 11
 
-// Scans "ID ID ID" in msg[from, to) byte by byte: this runs for every reply, often with 128 ids.
-// Mongrel2's grammar allows one optional space after each id, so a trailing space is fine.
-function parseIds(msg: Buffer, from: number, to: number): number[] {
-  const ids: number[] = []
+// Scans "ID ID ID" in msg[from, to) byte by byte into `ids`: this runs for every reply, often
+// with 128 ids. Mongrel2's grammar allows one optional space after each id, so a trailing space
+// is fine.
+function parseIds(msg: Buffer, from: number, to: number, ids: number[]): void {
+  // Written over in place and cut to size at the end: `ids.length = 0` first would drop the
+  // array's storage and make every reply allocate it again.
+  let n = 0
   let i = from
   while (i < to) {
     let id = 0
@@ -330,64 +373,94 @@ function parseIds(msg: Buffer, from: number, to: number): number[] {
       replyError(
         `connection id must be a decimal uint32, got "${msg.toString('latin1', first, Math.min(i, first + 20))}"`,
       )
-    if (ids.length === MAX_TARGETS)
+    if (n === MAX_TARGETS)
       replyError(`reply addresses more than ${MAX_TARGETS} connections; send several replies`)
-    ids.push(id)
+    ids[n++] = id
     i++ // the space
   }
-  if (ids.length === 0) replyError('reply addresses no connection; give 1 to 128 ids')
-  return ids
+  if (n === 0) replyError('reply addresses no connection; give 1 to 128 ids')
+  ids.length = n
+}
+
+/** Bytes a reply uuid may hold (letters, digits, "-") -> 1. */
+const UUID_BYTE = new Uint8Array(256)
+for (const c of 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-') {
+  UUID_BYTE[c.charCodeAt(0)] = 1
+}
+
+/**
+ * parseReply for the frontend's hot path: one reader reused for every reply, so a reply costs no
+ * uuid string, id list or result object. read() validates exactly as parseReply does (and throws
+ * the same E_M2_REPLY); the fields describe the last message read until the next read().
+ */
+export class ReplyReader {
+  /** The connection ids (the same array every time: copy it to keep it). */
+  readonly ids: number[] = []
+  extended = false
+  /** Where the uuid ends (its space) and the body starts. */
+  uuidEnd = 0
+  bodyAt = 0
+
+  read(msg: Buffer): void {
+    const sp = msg.indexOf(SP)
+    if (sp <= 0)
+      replyError(
+        `reply must start with "UUID " (letters, digits, "-"), got ${sp === 0 ? 'a space' : 'no space'}`,
+      )
+    for (let i = 0; i < sp; i++) {
+      const c = msg[i]!
+      if (UUID_BYTE[c] !== 1)
+        replyError(
+          `reply uuid may hold only letters, digits and "-", got byte 0x${c.toString(16)} at ${i}`,
+        )
+    }
+    let length = 0
+    let i = sp + 1
+    for (; i < msg.length && i - sp <= 5; i++) {
+      const c = msg[i]!
+      if (c === COLON) break
+      if (c < 0x30 || c > 0x39)
+        replyError(
+          `reply targets must be "LEN:ID ID," after the uuid, got byte 0x${c.toString(16)} at ${i}`,
+        )
+      length = length * 10 + (c - 0x30)
+    }
+    if (msg[i] !== COLON || i === sp + 1)
+      replyError(
+        'reply targets must be a netstring "LEN:ID ID," after the uuid; the length is missing, too long, or has no ":"',
+      )
+    if (length > MAX_TARGETS_LENGTH)
+      replyError(
+        `reply target list declares ${length} bytes; at most ${MAX_TARGETS} ids (${MAX_TARGETS_LENGTH} bytes) are allowed`,
+      )
+    const start = i + 1
+    const end = start + length
+    if (end >= msg.length || msg[end] !== COMMA)
+      replyError(
+        `reply target list must be exactly ${length} bytes followed by ","; fix LEN to the byte length of the ids`,
+      )
+    if (end + 1 >= msg.length || msg[end + 1] !== SP)
+      replyError(
+        'reply must have a space after the target list ("UUID LEN:IDS, BODY"), even when BODY is empty',
+      )
+    const extended = msg[start] === 0x58 /* X */ && msg[start + 1] === SP
+    parseIds(msg, extended ? start + 2 : start, end, this.ids)
+    this.extended = extended
+    this.uuidEnd = sp
+    this.bodyAt = end + 2
+  }
 }
 
 /** Parses a reply message as a frontend receives it. Throws AppError E_M2_REPLY. */
 export function parseReply(msg: Buffer): HandlerReply {
-  const sp = msg.indexOf(SP)
-  if (sp <= 0)
-    replyError(
-      `reply must start with "UUID " (letters, digits, "-"), got ${sp === 0 ? 'a space' : 'no space'}`,
-    )
-  for (let i = 0; i < sp; i++) {
-    const c = msg[i]!
-    const ok =
-      (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x2d
-    if (!ok)
-      replyError(
-        `reply uuid may hold only letters, digits and "-", got byte 0x${c.toString(16)} at ${i}`,
-      )
+  const r = new ReplyReader()
+  r.read(msg)
+  return {
+    uuid: msg.toString('latin1', 0, r.uuidEnd),
+    connIds: r.ids,
+    extended: r.extended,
+    body: msg.subarray(r.bodyAt),
   }
-  const uuid = msg.toString('latin1', 0, sp)
-  let length = 0
-  let i = sp + 1
-  for (; i < msg.length && i - sp <= 5; i++) {
-    const c = msg[i]!
-    if (c === COLON) break
-    if (c < 0x30 || c > 0x39)
-      replyError(
-        `reply targets must be "LEN:ID ID," after the uuid, got byte 0x${c.toString(16)} at ${i}`,
-      )
-    length = length * 10 + (c - 0x30)
-  }
-  if (msg[i] !== COLON || i === sp + 1)
-    replyError(
-      'reply targets must be a netstring "LEN:ID ID," after the uuid; the length is missing, too long, or has no ":"',
-    )
-  if (length > MAX_TARGETS_LENGTH)
-    replyError(
-      `reply target list declares ${length} bytes; at most ${MAX_TARGETS} ids (${MAX_TARGETS_LENGTH} bytes) are allowed`,
-    )
-  const start = i + 1
-  const end = start + length
-  if (end >= msg.length || msg[end] !== COMMA)
-    replyError(
-      `reply target list must be exactly ${length} bytes followed by ","; fix LEN to the byte length of the ids`,
-    )
-  if (end + 1 >= msg.length || msg[end + 1] !== SP)
-    replyError(
-      'reply must have a space after the target list ("UUID LEN:IDS, BODY"), even when BODY is empty',
-    )
-  const extended = msg[start] === 0x58 /* X */ && msg[start + 1] === SP
-  const connIds = parseIds(msg, extended ? start + 2 : start, end)
-  return { uuid, connIds, extended, body: msg.subarray(end + 2) }
 }
 
 /** Encodes a reply to 1..128 connections; an empty body closes them. */

@@ -8,11 +8,7 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import t, { type Test } from 'tap'
 import { Router } from 'zeromq'
-import {
-  encodeChunkReply,
-  parseChunkRequest,
-  type ChunkRequest,
-} from '../protocol/slug-chunk.js'
+import { encodeChunkReply, parseChunkRequest, type ChunkRequest } from '../protocol/slug-chunk.js'
 import { CHUNK_BYTES, fetchSlug } from './fetch.js'
 
 const log = pino({ level: 'silent' })

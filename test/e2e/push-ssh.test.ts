@@ -31,7 +31,8 @@ import {
 } from '../helpers/git.js'
 import { startProcess } from '../helpers/process.js'
 
-const PORT_BASE = 20_000 + Math.floor(Math.random() * 400) * 100
+// Below 32768, where Linux picks the local ports of outgoing connections (one could hold ours).
+const PORT_BASE = 20_000 + Math.floor(Math.random() * 120) * 100
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

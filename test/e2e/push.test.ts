@@ -35,7 +35,8 @@ import {
 
 const DEPLOY_TIMEOUT_MS = 8000
 // Web ports of this file's apps: a random range, so parallel test files do not collide.
-const PORT_BASE = 20_000 + Math.floor(Math.random() * 400) * 100
+// Below 32768, where Linux picks the local ports of outgoing connections (one could hold ours).
+const PORT_BASE = 20_000 + Math.floor(Math.random() * 120) * 100
 
 interface Instance {
   name: string
