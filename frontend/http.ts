@@ -89,6 +89,8 @@ export interface AppReleases {
   app: string
   /** The release new requests go to. */
   serving: number
+  /** It gets all of them: its ramp after it became ready is over (see readySince). */
+  rampedUp: boolean
   releases: {
     release: number
     ready: boolean
@@ -916,8 +918,49 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     return best ?? newest ?? rt.releases[0]!
   }
 
+  /**
+   * When each release of an app was first seen ready (`APP RELEASE`): for RAMP_MS after that,
+   * a share of new requests growing from 0 to 1 goes to it and the rest to the release before,
+   * while that one is still ready. A new process is cold (its JIT, its caches, new upstream
+   * connections): all the load at once would show as a latency spike (slow start, as in
+   * HAProxy's `slowstart`).
+   */
+  const readySince = new Map<string, number>()
+  let rampTimer: NodeJS.Timeout | undefined
+
+  /** Until when `r` of `rt` is ramping up (0: not ramping), noting when it became ready. */
+  function rampEnd(rt: ReleasesTarget, r: ReleaseTarget): number {
+    const key = `${rt.app} ${r.release}`
+    let since = readySince.get(key)
+    if (since === undefined) {
+      since = Date.now()
+      readySince.set(key, since)
+      // The end of a ramp changes what is reported (the older release may drain then).
+      clearTimeout(rampTimer)
+      rampTimer = setTimeout(statusChanged, RAMP_MS + 10)
+    }
+    return since + RAMP_MS
+  }
+
   function choose(t: Target): HandlerTarget | DirTarget | ProxyTarget {
-    return t.kind === 'releases' ? serving(t).target : t
+    if (t.kind !== 'releases') return t
+    const now = serving(t)
+    if (t.releases.length < 2 || !releaseReady(now, t.minReady)) return now.target
+    const end = rampEnd(t, now)
+    const left = end - Date.now()
+    if (left <= 0 || Math.random() * RAMP_MS >= left) return now.target
+    let prev: ReleaseTarget | undefined
+    for (const r of t.releases) {
+      if (r.release < now.release && (prev === undefined || r.release > prev.release)) {
+        if (releaseReady(r, t.minReady)) prev = r
+      }
+    }
+    return (prev ?? now).target
+  }
+
+  /** Whether `r` of `rt` is past its ramp (or never ramped), so older releases may drain. */
+  function rampedUp(rt: ReleasesTarget, r: ReleaseTarget): boolean {
+    return rt.releases.length < 2 || rampEnd(rt, r) <= Date.now()
   }
 
   /** Per app with releases side by side: which one serves, and each one's state. */
@@ -937,7 +980,11 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
               ? proxyRoute(r.target, r.healthcheck).inFlight()
               : (inFlight.get(routes.get(routeKey(r.target))!) ?? 0)
           // Older than a release that serves and took over, with nothing left in flight.
-          const drained = r.release < now.release && releaseReady(now, t.minReady) && busy === 0
+          const drained =
+            r.release < now.release &&
+            releaseReady(now, t.minReady) &&
+            rampedUp(t, now) &&
+            busy === 0
           return {
             release: r.release,
             ready: releaseReady(r, t.minReady),
@@ -946,7 +993,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
             failed: releaseFailed(r),
           }
         })
-        out.push({ app: t.app, serving: now.release, releases })
+        out.push({ app: t.app, serving: now.release, rampedUp: rampedUp(t, now), releases })
       }
     }
     return out
@@ -963,7 +1010,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       for (const t of Object.values(host.routes)) {
         if (t.kind !== 'releases') continue
         const now = serving(t)
-        if (!releaseReady(now, t.minReady)) continue
+        // The drain of older WebSockets starts once the new release takes all new requests.
+        if (!releaseReady(now, t.minReady) || !rampedUp(t, now)) continue
         for (const r of t.releases) {
           const route = r.target.kind === 'handler' ? routes.get(routeKey(r.target)) : undefined
           if (route && r.release < now.release) older.add(route)
@@ -1010,7 +1058,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       for (const app of status) {
         for (const r of app.releases) {
           const key = `${app.app} ${r.release}`
-          const said = r.drained ? 'drained' : r.release === app.serving && r.ready ? 'serving' : ''
+          const serves = r.release === app.serving && r.ready && app.rampedUp
+          const said = r.drained ? 'drained' : serves ? 'serving' : ''
           if (said === (lastSaid.get(key) ?? '')) continue
           lastSaid.set(key, said)
           if (said === 'serving') log.info({ app: app.app, release: r.release }, 'release serving')
@@ -1520,11 +1569,19 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         retire(route)
       }
       routeCache = new WeakMap()
+      const listed = new Set<string>()
+      for (const h of spec.hosts) {
+        for (const t of Object.values(h.routes)) {
+          if (t.kind === 'releases') for (const r of t.releases) listed.add(`${t.app} ${r.release}`)
+        }
+      }
+      for (const key of readySince.keys()) if (!listed.has(key)) readySince.delete(key)
       statusChanged()
     },
     close() {
       closed = true
       clearTimeout(statusTimer)
+      clearTimeout(rampTimer)
       for (const h of health.values()) clearTimeout(h.timer)
       for (const route of routes.values()) clearTimeout(route.wsDeadline)
       for (const route of retiring.values()) {
@@ -1544,6 +1601,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 }
 
 const EMPTY = Buffer.alloc(0)
+/** How long a newly ready release takes to get all new requests; see readySince. */
+const RAMP_MS = 1000
 
 /**
  * The request being read, reused for every request: uWS calls onHttp synchronously and nothing in

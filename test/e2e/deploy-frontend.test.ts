@@ -131,12 +131,17 @@ t.test(
 
     const mark = fe.lines.length
     await startHandler(t, 2)
-    await fe.waitFor(
-      (l) =>
-        logRecord(l)?.msg === 'release serving' &&
-        logRecord(l)?.release === 2 &&
-        fe.lines.indexOf(l) >= mark,
-    )
+    // Slow start: until v2 takes all new requests, a growing share goes to it, the rest to v1.
+    const serving = (): boolean =>
+      fe.lines
+        .slice(mark)
+        .some((l) => logRecord(l)?.msg === 'release serving' && logRecord(l)?.release === 2)
+    const during = new Set<string>()
+    for (let n = 0; !serving() && n < 20_000; n++) {
+      during.add(/^release (v\d)/.exec(await text(`/ramp/${n}`))?.[1] ?? '?')
+    }
+    t.ok(serving(), "v2's ramp ended")
+    t.same([...during].sort(), ['v1', 'v2'], 'during the ramp both releases answered')
     t.equal(
       await text('/b'),
       'release v2 instance r2 path /b',
