@@ -70,13 +70,21 @@ export async function writeFileAtomic(
     await unlink(tmp).catch(() => undefined)
     throw err
   }
-  const dir = await open(dirname(path), fsConstants.O_RDONLY)
+  await fsyncPath(dirname(path))
+}
+
+/**
+ * fsync of a file or a directory (after a rename into it: the rename is then durable). A file
+ * system that cannot fsync a directory is not an error.
+ */
+export async function fsyncPath(path: string): Promise<void> {
+  const handle = await open(path, fsConstants.O_RDONLY)
   try {
-    await dir.sync()
+    await handle.sync()
   } catch (err) {
     if (!isIgnorableDirSyncError(err)) throw err
   } finally {
-    await dir.close()
+    await handle.close()
   }
 }
 

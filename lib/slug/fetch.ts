@@ -12,11 +12,11 @@
  * bytes so far stay in the .part for the next try. An error reply from the store is E_SLUG with
  * the store's message.
  */
-import { constants as fsConstants } from 'node:fs'
 import { mkdir, open, rename, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Dealer } from 'zeromq'
 import { AppError, isAppError } from '../errors.js'
+import { fsyncPath } from '../fs-atomic.js'
 import type { Logger } from '../log.js'
 import { encodeChunkRequest, parseChunkReply } from '../protocol/slug-chunk.js'
 import { sha256File } from './sha.js'
@@ -63,16 +63,6 @@ async function sizeOf(path: string): Promise<number> {
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, fsConstants.O_RDONLY)
-  try {
-    await handle.sync()
-  } catch {
-    // some file systems cannot fsync a directory; the rename has happened all the same
-  } finally {
-    await handle.close()
-  }
-}
 
 /** Downloads the chunks [from, size) of the slug and appends them to `part`. */
 async function download(opts: FetchSlugOptions, part: string, from: number): Promise<void> {
@@ -174,7 +164,7 @@ export async function fetchSlug(opts: FetchSlugOptions, log: Logger): Promise<st
     )
   }
   await rename(part, final)
-  await syncDir(dir)
+  await fsyncPath(dir)
   log.info({ sha256, size, resumedAt: have, ms: Date.now() - started }, 'slug fetched')
   return final
 }

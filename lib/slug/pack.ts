@@ -10,14 +10,14 @@
  * directory fixed attributes, and stamps its superblock with that same default mtime. The output
  * does not depend on tar2sqfs's thread count. File contents are streamed, never held whole.
  */
-import { link, mkdir, open, rename, rm, stat } from 'node:fs/promises'
+import { link, mkdir, rename, rm, stat } from 'node:fs/promises'
 import { createReadStream, existsSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { execa } from 'execa'
 import { pack as tarPack, type Pack } from 'tar-stream'
 import { AppError } from '../errors.js'
-import { tempPathFor } from '../fs-atomic.js'
+import { fsyncPath, tempPathFor } from '../fs-atomic.js'
 import { sha256File } from './sha.js'
 import { toolFailure } from './tool.js'
 import { listApp, type TreeEntry } from './tree.js'
@@ -163,18 +163,6 @@ async function writeImage(root: string, entries: TreeEntry[], out: string): Prom
   }
 }
 
-async function fsyncPath(path: string): Promise<void> {
-  const handle = await open(path, 'r')
-  try {
-    await handle.sync()
-  } catch (err) {
-    // Some file systems cannot fsync a directory; the rename is done, only its durability is weaker.
-    const code = (err as NodeJS.ErrnoException).code
-    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EISDIR') throw err
-  } finally {
-    await handle.close()
-  }
-}
 
 /** Gives `tmp` its final name without ever replacing a slug already there (same name, same bytes). */
 async function publish(tmp: string, path: string): Promise<void> {

@@ -14,11 +14,11 @@
  * The image is decompressed twice, once to check and once to unpack (checking costs about as
  * much as unpacking: bench/slug.ts).
  */
-import { chmod, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises'
+import { chmod, lstat, mkdir, readdir, rename, rm } from 'node:fs/promises'
 import { dirname, join, relative, resolve } from 'node:path'
 import { execa } from 'execa'
 import { AppError } from '../errors.js'
-import { tempPathFor } from '../fs-atomic.js'
+import { fsyncPath, tempPathFor } from '../fs-atomic.js'
 import { inspectSlug } from './inspect.js'
 import { toolFailure } from './tool.js'
 
@@ -56,17 +56,6 @@ async function settle(slugFile: string, root: string, dir: string): Promise<void
   }
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r')
-  try {
-    await handle.sync()
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EISDIR') throw err
-  } finally {
-    await handle.close()
-  }
-}
 
 /**
  * Unpacks the squashfs slug `slugFile` into `dest` (created with its parents; it appears whole
@@ -110,7 +99,7 @@ export async function unpackSlug(slugFile: string, dest: string): Promise<void> 
       if (code === 'ENOTEMPTY' || code === 'EEXIST') return
       throw err
     }
-    await fsyncDir(dirname(target))
+    await fsyncPath(dirname(target))
   } finally {
     await rm(tmp, { recursive: true, force: true })
   }
