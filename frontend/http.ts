@@ -919,9 +919,9 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   }
 
   /**
-   * When each release of an app was first seen ready (`APP RELEASE`): for RAMP_MS after that,
-   * a share of new requests growing from 0 to 1 goes to it and the rest to the release before,
-   * while that one is still ready. A new process is cold (its JIT, its caches, new upstream
+   * When each release of an app was first seen ready (`APP RELEASE`): for limits.release_ramp
+   * after that, a share of new requests growing from 0 to 1 goes to it and the rest to the
+   * release before, while that one is still ready. A new process is cold (its JIT, its caches, new upstream
    * connections): all the load at once would show as a latency spike (slow start, as in
    * HAProxy's `slowstart`).
    */
@@ -937,9 +937,9 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       readySince.set(key, since)
       // The end of a ramp changes what is reported (the older release may drain then).
       clearTimeout(rampTimer)
-      rampTimer = setTimeout(statusChanged, RAMP_MS + 10)
+      rampTimer = setTimeout(statusChanged, limits.releaseRamp + 10)
     }
-    return since + RAMP_MS
+    return since + limits.releaseRamp
   }
 
   function choose(t: Target): HandlerTarget | DirTarget | ProxyTarget {
@@ -948,7 +948,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     if (t.releases.length < 2 || !releaseReady(now, t.minReady)) return now.target
     const end = rampEnd(t, now)
     const left = end - Date.now()
-    if (left <= 0 || Math.random() * RAMP_MS >= left) return now.target
+    if (left <= 0 || Math.random() * limits.releaseRamp >= left) return now.target
     let prev: ReleaseTarget | undefined
     for (const r of t.releases) {
       if (r.release < now.release && (prev === undefined || r.release > prev.release)) {
@@ -1601,8 +1601,6 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 }
 
 const EMPTY = Buffer.alloc(0)
-/** How long a newly ready release takes to get all new requests; see readySince. */
-const RAMP_MS = 1000
 
 /**
  * The request being read, reused for every request: uWS calls onHttp synchronously and nothing in

@@ -31,6 +31,11 @@ export interface Limits {
    * closed with 1001 (going away) and the client reconnects to the new release.
    */
   websocketDrain: number
+  /**
+   * How long a newly ready release takes to get every new request, ms: a share growing from
+   * none to all goes to it meanwhile, the rest to the previous release (0: at once).
+   */
+  releaseRamp: number
   /** Most response bytes buffered for one slow client before the frontend closes it. */
   connBuffer: number
   /** Keep a client's X-Forwarded-For instead of replacing it. */
@@ -87,6 +92,7 @@ export function limitsFromSettings(settings: Record<string, string | number>): L
     handlerLostGrace: num(settings, 'limits.handler_lost_grace', 5000),
     websocketMax: num(settings, 'limits.websocket_max', 16 * 1024 * 1024),
     websocketDrain: num(settings, 'limits.websocket_drain', 60_000),
+    releaseRamp: num(settings, 'limits.release_ramp', 1000),
     connBuffer: num(settings, 'limits.conn_buffer', 8 * 1024 * 1024),
     noClobberXff: num(settings, 'no_clobber_xff', 0) === 1,
     websocketIdle: idle,
