@@ -136,12 +136,14 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
     /fixture ok/,
     'rollback serves the old version',
   )
-  // The frontend ramps v4 up, then says v3 drained: from then on only v4 answers.
-  await until('v3 drained', () =>
-    readFileSync(join(home, 'log', 'frontend.log'), 'utf8')
-      .split('\n')
-      .some((l) => l.includes('"release drained"') && l.includes('"release":3')),
-  )
+  // The frontend ramps v4 up and reports v3 drained; then the master drops v3 and the worker
+  // stops it: from then on only v4 answers.
+  await until('v3 stopped', () => {
+    const status = JSON.parse(readFileSync(join(home, 'run', 'status.json'), 'utf8')) as {
+      instances: { release: number }[]
+    }
+    return !status.instances.some((i) => i.release === 3)
+  })
 
   // A release whose app.json health check fails: the push is rejected, and every request made
   // meanwhile is answered by the release that was running.
