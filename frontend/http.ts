@@ -1053,21 +1053,30 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     if (statusTimer !== undefined || closed) return
     statusTimer = setTimeout(() => {
       statusTimer = undefined
-      const status = releaseStatus()
+      statusNow()
       wsDeadlines()
-      for (const app of status) {
-        for (const r of app.releases) {
-          const key = `${app.app} ${r.release}`
-          const serves = r.release === app.serving && r.ready && app.rampedUp
-          const said = r.drained ? 'drained' : serves ? 'serving' : ''
-          if (said === (lastSaid.get(key) ?? '')) continue
-          lastSaid.set(key, said)
-          if (said === 'serving') log.info({ app: app.app, release: r.release }, 'release serving')
-          if (said === 'drained') log.info({ app: app.app, release: r.release }, 'release drained')
-        }
-      }
       opts.onStatus?.()
     }, STATUS_COALESCE_MS)
+  }
+
+  /**
+   * The releases' status, logging each one's change to serving or drained. Every reader of the
+   * status goes through here (the report too), so no change is reported before it is logged.
+   */
+  function statusNow(): AppReleases[] {
+    const status = releaseStatus()
+    for (const app of status) {
+      for (const r of app.releases) {
+        const key = `${app.app} ${r.release}`
+        const serves = r.release === app.serving && r.ready && app.rampedUp
+        const said = r.drained ? 'drained' : serves ? 'serving' : ''
+        if (said === (lastSaid.get(key) ?? '')) continue
+        lastSaid.set(key, said)
+        if (said === 'serving') log.info({ app: app.app, release: r.release }, 'release serving')
+        if (said === 'drained') log.info({ app: app.app, release: r.release }, 'release drained')
+      }
+    }
+    return status
   }
 
   // ------------------------------------------------------------------ client -> handler
@@ -1549,7 +1558,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         recvSpec: r.socket.recvEndpoint,
       })),
     connections: () => conns.size,
-    status: releaseStatus,
+    status: statusNow,
     async update(spec, nextMatcher, nextMimetypes) {
       const used = await bindHandlers(spec)
       server = spec
