@@ -7,7 +7,8 @@
  * or one JSON object a line with --json. With -f (or --tail) it then subscribes to "logs.APP"
  * on the master's publish endpoint and prints new lines as they arrive, until Ctrl-C. The
  * subscription is made before the history is asked for, so no line falls between the two; a
- * line that comes both ways is printed once.
+ * line that comes both ways, or a live line older than one printed from the same file, is not
+ * printed (lines of one file are printed once, in order).
  */
 import { Subscriber } from 'zeromq'
 import { callMaster, masterEndpoints } from '../lib/cluster/control-client.js'
@@ -28,7 +29,8 @@ const FOLLOW = ['-f', '--tail', '--follow']
 /** How long -f waits for the connection to the master's publish endpoint. */
 const CONNECT_TIMEOUT_MS = 10_000
 
-const lineKey = (l: LogLine): string => `${sourceKey(l)}/${fileKey(l)}/${l.end}`
+/** A log file of an instance on a node: its lines come in file order, each with its end offset. */
+const fileOf = (l: LogLine): string => `${sourceKey(l)}/${fileKey(l)}`
 
 function options(ctx: VerbContext) {
   for (const flag of ctx.flags.keys()) {
@@ -116,7 +118,13 @@ export const logsVerb: Verb = {
         }
         return undefined
       }
-      const printed = new Set(lines.map(lineKey))
+      // Per file, how far it was printed: a live line up to there (sent before the history was
+      // read, published after) is not printed again, nor out of order.
+      const printed = new Map<string, number>()
+      const mark = (l: LogLine): void => {
+        printed.set(fileOf(l), Math.max(printed.get(fileOf(l)) ?? 0, l.end))
+      }
+      lines.forEach(mark)
       const stop = (): void => sub.close()
       process.once('SIGINT', stop)
       process.once('SIGTERM', stop)
@@ -129,7 +137,9 @@ export const logsVerb: Verb = {
             continue
           }
           for (const l of live) {
-            if ((type !== undefined && l.type !== type) || printed.has(lineKey(l))) continue
+            if (type !== undefined && l.type !== type) continue
+            if (l.end <= (printed.get(fileOf(l)) ?? 0)) continue
+            mark(l)
             print(l)
           }
         }
