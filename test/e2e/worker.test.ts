@@ -24,6 +24,7 @@ import { surgeName } from '../../worker/supervise.js'
 import { isAlive } from '../../worker/spawn.js'
 import { startWorker } from '../../worker/worker.js'
 import { logRecord, REPO, startProcess, type Proc } from '../helpers/process.js'
+import { tagged } from '../helpers/cluster.js'
 
 const BIN = join(REPO, 'test/fixtures/bin')
 const TICK_MS = '250'
@@ -88,23 +89,8 @@ function node(t: Test) {
   const workers: Proc[] = []
   let seq = 0
 
-  /** pids of this scenario's live instances (zombies have no environ), by DYNO. */
-  const procs = (): Map<string, number[]> => {
-    const found = new Map<string, number[]>()
-    for (const entry of readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue
-      let env: string[]
-      try {
-        env = readFileSync(`/proc/${entry}/environ`, 'utf8').split('\0')
-      } catch {
-        continue
-      }
-      if (!env.includes(`BAREKU_E2E=${id}`)) continue
-      const dyno = env.find((e) => e.startsWith('DYNO='))?.slice(5) ?? '?'
-      found.set(dyno, [...(found.get(dyno) ?? []), Number(entry)])
-    }
-    return found
-  }
+  /** pids of this scenario's live instances, by DYNO. */
+  const procs = (): Map<string, number[]> => tagged(id)
 
   const n = {
     home,
