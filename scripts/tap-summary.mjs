@@ -2,6 +2,9 @@
 // Runs node-tap with the given arguments, passes its output through unchanged, then prints the
 // closing line "N passed, N failed, N skipped" that CI reads, and exits with tap's own code.
 // tap's own summary ("# { total: .. }") is not a format CI recognises, hence this wrapper.
+// Every failed assertion is listed again just above that line, with its subtest path and the
+// start of its diagnostics: CI keeps only the end of a long log, and the coverage table that
+// tap prints after the tests would push the failures out of it.
 import { spawn } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
@@ -15,6 +18,42 @@ const child = spawn(process.execPath, [tapBin, ...process.argv.slice(2)], {
 
 let summary = null
 let pending = ''
+/** open "# Subtest: NAME" lines by indent, to name where a failure sits */
+const subtests = []
+/** every "not ok" with its path and up to MAX_DIAG lines of its YAML block */
+const failures = []
+const MAX_DIAG = 20
+const SKIP_KEYS = new Set(['at', 'source', 'stdio', 'cwd', 'command', 'args'])
+let diag = null
+
+const track = (line) => {
+  const indent = /^ */.exec(line)[0].length
+  const text = line.slice(indent)
+  if (diag) {
+    if (indent > diag.indent && text !== '...') {
+      // where the assertion sits is already in its path and stack: keep what went wrong
+      const key = /^(\w+):/.exec(text)
+      if (indent === diag.indent + 2 && key) diag.skipping = SKIP_KEYS.has(key[1])
+      if (!diag.skipping && text !== '---' && diag.lines.length < MAX_DIAG)
+        diag.lines.push(line.slice(diag.indent + 2))
+      return
+    }
+    diag = null
+  }
+  const sub = /^# Subtest: (.*)$/.exec(text)
+  if (sub) {
+    while (subtests.length > 0 && subtests.at(-1).indent >= indent) subtests.pop()
+    subtests.push({ indent, name: sub[1] })
+    return
+  }
+  if (/^not ok \d+/.test(text)) {
+    // the subtest lines of an assertion sit 4 columns deeper than it, except its own
+    const path = subtests.filter((s) => s.indent <= indent).map((s) => s.name)
+    const failure = { path, line: text, indent, lines: [], skipping: false }
+    failures.push(failure)
+    diag = failure
+  }
+}
 child.stdout.on('data', (buf) => {
   process.stdout.write(buf)
   pending += buf.toString('utf8')
@@ -22,7 +61,9 @@ child.stdout.on('data', (buf) => {
   pending = lines.pop() ?? ''
   for (const line of lines) {
     // e.g. "# { total: 14, pass: 12, fail: 1, todo: 1, skip: 1 }"
-    const m = /^# \{ (total: \d+.*) \}\s*$/.exec(line.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, ''))
+    const plain = line.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+    track(plain)
+    const m = /^# \{ (total: \d+.*) \}\s*$/.exec(plain)
     if (m)
       summary = Object.fromEntries(
         [...m[1].matchAll(/(\w+): (\d+)/g)].map(([, k, v]) => [k, Number(v)]),
@@ -40,9 +81,22 @@ const finish = (code) => {
     failed = 1
   }
   const skipped = (s.skip ?? 0) + (s.todo ?? 0)
+  // a failed subtest is also a "not ok" in its parent: list only the innermost ones
+  const leaves = failures.filter(
+    (f, i) => !failures.slice(0, i).some((g) => g.indent > f.indent && startsWith(g.path, f.path)),
+  )
+  if (leaves.length > 0) {
+    process.stdout.write(`\n# failed (${leaves.length}):\n`)
+    for (const f of leaves) {
+      process.stdout.write(`# ${[...f.path, f.line].join(' > ')}\n`)
+      for (const l of f.lines) process.stdout.write(`#   ${l}\n`)
+    }
+  }
   process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`)
   process.exitCode = code
 }
+
+const startsWith = (path, prefix) => prefix.every((p, i) => path[i] === p)
 
 child.on('error', (err) => {
   console.error(err)
