@@ -63,6 +63,7 @@ import uWS, {
   type WebSocket,
 } from './uws.js'
 import { ConnTable } from './connections.js'
+import { createCorkAnchor } from './cork-anchor.js'
 import { createDirRoute, type DirRoute } from './dir.js'
 import { createProxyRoute, type ProxyRoute } from './proxy.js'
 import { HandlerSocket } from './handler-socket.js'
@@ -585,6 +586,11 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     corkConn = conn
     corkEvents = events
     conn.res.cork(corked)
+    if (upgradeNext) {
+      const { head, rest } = upgradeNext
+      upgradeNext = undefined
+      upgradeWs(conn, head, rest)
+    }
   }
 
   // What the next cork writes: one function for every reply rather than a closure per reply.
@@ -596,9 +602,19 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     corkConn = undefined
     for (let i = 0; i < events.length; i++) {
       if (conn.done) break
-      apply(conn, events[i]!)
+      const ev = events[i]!
+      if (ev.type === 'head' && conn.upgrade) {
+        if (ev.head.status === 101) {
+          // not in this cork: see cork-anchor.ts
+          upgradeNext = { conn, head: ev.head, rest: events.slice(i + 1) }
+          return
+        }
+        conn.upgrade = undefined
+      }
+      apply(conn, ev)
     }
   }
+  let upgradeNext: { conn: HttpConn; head: ResponseHead; rest: ResponseEvent[] } | undefined
 
   function apply(conn: HttpConn, ev: ResponseEvent): void {
     const res = conn.res
@@ -608,10 +624,6 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       case 'head': {
         const head = ev.head
         conn.head = head
-        if (conn.upgrade) {
-          if (head.status === 101) return upgradeWs(conn, head)
-          conn.upgrade = undefined
-        }
         // uWS writes "200 OK" itself when no status is set: the common reply spares the call.
         if (head.status !== 200 || head.reason !== 'OK') {
           res.writeStatus(statusLine(head.status, head.reason))
@@ -1333,6 +1345,12 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   function onUpgrade(res: HttpResponse, req: HttpRequest, context: unknown): void {
     const info = readRequest(res, req)
     if (info.size > limits.headerSize) return fail(res, 431)
+    if (!UPGRADE_TOKEN.test(req.getHeader('connection'))) {
+      // RFC 6455 4.1 requires the token. And uWS takes a 5-byte Connection ("close") to mean
+      // close after the response, which outside its own cork it does even to a 101, with no
+      // close event for the WebSocket it then opens (cork-anchor.ts).
+      return fail(res, 400, [], 'a WebSocket handshake needs the header "Connection: Upgrade"')
+    }
     const found = matcher.match(req.getHeader('host') || undefined, splitPath(info.url))
     const target = found && choose(found.target)
     if (found === undefined || target?.kind !== 'handler') return fail(res, 404)
@@ -1368,7 +1386,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     send(conn, conn.again())
   }
 
-  function upgradeWs(conn: HttpConn, head: ResponseHead): void {
+  /** Switches `conn` to a WebSocket on the handler's 101; `rest` is what followed it in its reply. */
+  function upgradeWs(conn: HttpConn, head: ResponseHead, rest: ResponseEvent[]): void {
     const up = conn.upgrade!
     const protocol =
       head.headers.find(([k]) => k.toLowerCase() === 'sec-websocket-protocol')?.[1] ?? ''
@@ -1378,7 +1397,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       route: conn.route,
       info: { path: up.info.path, headers: { ...up.info.headers } },
       frames: new FrameParser({ maxPayload: limits.websocketMax }),
-      early: [],
+      early: rest.flatMap((ev) => (ev.type === 'data' ? [ev.chunk] : [])),
       closing: false,
     }
     // Every frame message repeats the handshake's headers with METHOD WEBSOCKET (Mongrel2 §5).
@@ -1387,7 +1406,10 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     conn.route.socket.settle(conn.id)
     // Re-register under the same id: the connection keeps it for life.
     conns.set(conn.id, ws)
-    conn.res.upgrade<WsData>({ id: conn.id }, up.key, protocol, up.extensions, up.context as never)
+    const res = conn.res
+    anchor.upgrade(res, () =>
+      res.upgrade<WsData>({ id: conn.id }, up.key, protocol, up.extensions, up.context as never),
+    )
   }
 
   function wsReply(conn: WsConn, body: Buffer): void {
@@ -1490,6 +1512,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   // ------------------------------------------------------------------ listen
 
   const app = uWS.App()
+  const anchor = createCorkAnchor(app, log)
   app.ws<WsData>('/*', {
     compression: uWS.DISABLED,
     maxPayloadLength: limits.websocketMax,
@@ -1547,6 +1570,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     )
   })
   const port = uWS.us_socket_local_port(listenSocket)
+  await anchor.connect(host, port)
   log.info({ listen: `${host}:${port}` }, 'listening')
 
   return {
@@ -1599,6 +1623,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       }
       for (const conn of conns.values()) if (conn.kind === 'probe') clearTimeout(conn.timer)
       uWS.us_listen_socket_close(listenSocket)
+      anchor.close()
       app.close()
       for (const proxy of proxyRoutes.values()) proxy.close()
       for (const route of routes.values()) {
@@ -1610,6 +1635,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
 }
 
 const EMPTY = Buffer.alloc(0)
+/** The Connection header of a WebSocket handshake lists this token. */
+const UPGRADE_TOKEN = /(?:^|,)[ \t]*upgrade[ \t]*(?:,|$)/i
 
 /**
  * The request being read, reused for every request: uWS calls onHttp synchronously and nothing in
