@@ -3,7 +3,8 @@
  * `releases` target (what the master publishes during a deploy): new requests go to the newest
  * release with a connected handler; a WebSocket stays on the release it was opened on until
  * limits.websocket_drain after the newer release took over, then is closed with 1001 (going
- * away) and a new one goes to the new release; the older release is then logged drained.
+ * away) and a new one goes to the new release; the older release is then logged drained. The
+ * new release's share ramps up over limits.release_ramp (default 1 s; 0: all at once).
  */
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -182,4 +183,57 @@ t.test('a release dropped from the table finishes the requests it has first', as
       logRecord(l)?.handler === 'rel-1' &&
       fe.lines.indexOf(l) >= mark,
   )
+})
+
+t.test('limits.release_ramp 0: a ready release takes every new request at once', async (t) => {
+  const dir = t.testdir()
+  const routes = join(dir, 'routes.json')
+  const noRamp = structuredClone(table)
+  Object.assign(noRamp.settings, { 'limits.release_ramp': 0 })
+  writeFileSync(routes, JSON.stringify(noRamp))
+  const own = startProcess(join(REPO, 'bin/bareku'), ['frontend', '--config', routes], {
+    env: { BAREKU_FRONTEND_LISTEN: '127.0.0.1:0' },
+    cwd: dir,
+  })
+  t.teardown(() => own.stop())
+  const ready = logRecord(await own.waitFor((l) => logRecord(l)?.msg === 'ready'))!
+  const server = (
+    ready.endpoints as {
+      servers: {
+        port: number
+        handlers: { sendIdent: string; sendSpec: string; recvSpec: string }[]
+      }[]
+    }
+  ).servers[0]!
+  const start = async (release: number): Promise<void> => {
+    const ep = server.handlers.find((h) => h.sendIdent === `rel-${release}`)!
+    const p = startProcess(PYTHON, [HANDLER], {
+      env: {
+        BAREKU_HANDLER_SEND_SPEC: ep.sendSpec,
+        BAREKU_HANDLER_RECV_SPEC: ep.recvSpec,
+        BAREKU_RELEASE: `v${release}`,
+        INSTANCE: `r${release}`,
+      },
+    })
+    t.teardown(() => p.stop(500))
+    await p.waitFor(/^ready$/)
+    await own.waitFor((l) => {
+      const r = logRecord(l)
+      return r?.msg === 'handler peers' && r.handler === `rel-${release}` && r.peers === 1
+    })
+  }
+  const get = async (path: string): Promise<string> => {
+    const res = await fetch(`http://127.0.0.1:${server.port}${path}`, { headers: { host: 'shop' } })
+    return /^release (v\d)/.exec(await res.text())?.[1] ?? '?'
+  }
+
+  await start(1)
+  t.equal(await get('/a'), 'v1', 'only v1 connected: v1 serves')
+  await start(2)
+  const answers = new Set<string>()
+  for (let n = 0; n < 20; n++) answers.add(await get(`/at-once/${n}`))
+  // With the default ramp (1 s), most of 20 requests made at once would still go to v1.
+  t.same([...answers], ['v2'], 'every request after v2 connected went to v2')
+  await own.waitFor((l) => logRecord(l)?.msg === 'release drained' && logRecord(l)?.release === 1)
+  t.pass('and v1 drained')
 })
