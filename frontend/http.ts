@@ -777,6 +777,24 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     }
     return proxy
   }
+  /**
+   * A proxy route gone from the table takes no new request but finishes those it has (a web app
+   * that became a static site, say), for at most RETIRE_MAX_MS, then closes.
+   */
+  const retiringProxies = new Set<ProxyRoute>()
+  function retireProxy(proxy: ProxyRoute): void {
+    const done = (): void => {
+      clearTimeout(timer)
+      retiringProxies.delete(proxy)
+      proxy.close()
+    }
+    const timer = setTimeout(done, RETIRE_MAX_MS)
+    retiringProxies.add(proxy)
+    proxy.onChange = () => {
+      if (proxy.inFlight() === 0) done()
+    }
+    if (proxy.inFlight() === 0) done()
+  }
   function proxyTargets(spec: ServerSpec): ProxyUse[] {
     return spec.hosts.flatMap((h) =>
       Object.values(h.routes).flatMap((t): ProxyUse[] => {
@@ -1593,7 +1611,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       for (const [key, proxy] of proxyRoutes) {
         if (keep.has(key)) continue
         proxyRoutes.delete(key)
-        proxy.close()
+        retireProxy(proxy)
       }
       for (const use of proxyTargets(spec)) proxyRoute(use.target, use.check)
       for (const [key, route] of routes) {
@@ -1625,7 +1643,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       uWS.us_listen_socket_close(listenSocket)
       anchor.close()
       app.close()
-      for (const proxy of proxyRoutes.values()) proxy.close()
+      for (const proxy of [...proxyRoutes.values(), ...retiringProxies]) proxy.close()
       for (const route of routes.values()) {
         for (const conn of route.held) if (conn.held) clearTimeout(conn.held.timer)
         route.socket.close()

@@ -529,6 +529,45 @@ t.test('a static site is a Dir route over its release slug, with no instance', a
   t.match(host2.routes['/'], { kind: 'proxy' })
 })
 
+t.test(
+  'a web app that becomes a static site keeps its processes until the site is served',
+  async (t) => {
+    const s0 = state({ n1: [10] }, [app('a', { web: 1 }, { web: 'w' })])
+    const s1 = applied(s0, plan(s0, SETTINGS))
+    s1.apps.a!.releases.push(release(2, {}, { static: 'public' }))
+    s1.apps.a!.current = 2
+    const names = (p: Plan) => (p.hostLists.n1?.instances ?? []).map((i) => i.name)
+    const route = (p: Plan) => p.routes.servers[0]!.hosts[1]!.routes['/']!
+    const dir = {
+      kind: 'dir',
+      base: 'public/',
+      indexFile: 'index.html',
+      defaultCtype: 'application/octet-stream',
+      cacheTtl: 0,
+      slug: { app: 'a', sha256: SHA2, size: 102, release: 2 },
+    }
+
+    // The frontend still serves v1 (it applies the Dir route once it has the files): v1 runs on.
+    const p1 = plan(s1, SETTINGS, { frontend: {} })
+    t.same(names(p1), ['a.web.1-v1'], "v1's web process is kept")
+    t.same(
+      p1.retained.a?.map((r) => r.release),
+      [1],
+    )
+    t.same(route(p1), dir, 'the route is the site at once')
+    // The site is served: v1 goes.
+    const served = {
+      a: { serving: 2, releases: [{ release: 2, ready: true, inFlight: 0, drained: false }] },
+    }
+    const p2 = plan(applied(s1, p1), SETTINGS, { frontend: served })
+    t.same(p2.retained, {})
+    t.same(names(p2), [], 'then nothing runs')
+    t.same(route(p2), dir)
+    // No frontend reporting: nothing to wait for.
+    t.same(plan(s1, SETTINGS).retained, {})
+  },
+)
+
 t.test('route table: proxy over web instances, else handler endpoints', async (t) => {
   const s = state({ n1: [10], n2: [10] }, [
     app('a', { web: 2 }, { web: 'w' }, { domains: ['www.example.com'] }),

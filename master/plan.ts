@@ -21,7 +21,9 @@
  *              a release that stopped being current stay in the host lists (app.retained) until
  *              the frontend says the current release serves (ready) and that one drained (or is
  *              no longer in its table); then they leave and the worker stops them (SIGTERM,
- *              SIGKILL after its grace). With no frontend reporting, nothing is retained.
+ *              SIGKILL after its grace). A static site takes over the same way: the old
+ *              release's processes stay until the frontend serves the site's files.
+ *              With no frontend reporting, nothing is retained.
  *   routes     per app a host NAME.DOMAIN and one per custom domain, route "/" -> a proxy over
  *              its web instances, else its handler endpoints, else (a static site: a release
  *              with a "static" root and no web or handler process) a Dir route over the
@@ -93,6 +95,11 @@ export function isHandlerType(type: string): boolean {
 /** Types whose new release starts beside the old one and takes over by connection. */
 export function isCutoverType(type: string): boolean {
   return type === 'web' || isHandlerType(type)
+}
+
+/** Whether `app` runs instances of `type` and they are cut over release by release. */
+function runsCutover(app: App, type: string): boolean {
+  return isCutoverType(type) && (Object.hasOwn(app.formation, type) ? app.formation[type]! : 0) > 0
 }
 
 /** The name an instance runs under on its node: web and handler ones carry their release. */
@@ -216,9 +223,10 @@ function retention(
     const cur = currentRelease(app)
     if (current === null || cur === undefined) continue
     // Nothing of the current release to take over (scaled to 0, or no such type): nothing kept.
-    const takesOver = Object.keys(cur.processTypes).some(
-      (t) => isCutoverType(t) && (Object.hasOwn(app.formation, t) ? app.formation[t]! : 0) > 0,
-    )
+    // A static site takes over from its earlier release's processes once the frontend serves it.
+    const takesOver =
+      staticRoot(app) !== undefined ||
+      Object.keys(cur.processTypes).some((t) => runsCutover(app, t))
     if (!takesOver) continue
     const byRelease = new Map<number, Record<string, Slot>>()
     for (const r of app.retained ?? []) byRelease.set(r.release, { ...r.placement })
@@ -514,14 +522,25 @@ function releaseTarget(
   return undefined
 }
 
+/**
+ * The document root of the app's current release when that release is a static site: it has a
+ * root and runs no web or handler process (a running one is what is routed to).
+ */
+function staticRoot(app: App): string | undefined {
+  const release = currentRelease(app)
+  if (release?.static === undefined) return undefined
+  if (Object.keys(release.processTypes).some((t) => runsCutover(app, t))) return undefined
+  return release.static
+}
+
 /** A static site's current release: its document root in its slug, served by the frontend. */
 function staticTarget(app: App): DirTarget | undefined {
   const release = currentRelease(app)
-  if (release?.static === undefined) return undefined
-  const root = release.static.replace(/\/+$/, '') || '.'
+  const root = staticRoot(app)?.replace(/\/+$/, '')
+  if (release === undefined || root === undefined) return undefined
   return {
     kind: 'dir',
-    base: `${root}/`,
+    base: `${root || '.'}/`,
     indexFile: 'index.html',
     defaultCtype: 'application/octet-stream',
     cacheTtl: 0,
@@ -540,6 +559,10 @@ function appTarget(
   settings: PlanSettings,
   readyPorts: NonNullable<Observed['readyPorts']>,
 ): Target | undefined {
+  // A static site is served from its slug at once; the frontend applies the table only once it
+  // has the files, and an earlier release's processes are kept (retention) until it says so.
+  const site = staticTarget(app)
+  if (site) return site
   const versions = new Map<number, Want[]>()
   for (const w of [...wants, ...kept]) {
     if (w.app !== app) continue
@@ -560,7 +583,7 @@ function appTarget(
     const healthcheck = type === undefined ? undefined : checks[type]
     releases.push(healthcheck ? { release: v, target, healthcheck } : { release: v, target })
   }
-  if (releases.length === 0) return staticTarget(app)
+  if (releases.length === 0) return undefined
   // One release with no health check to pass: a plain target, as a Mongrel2 config has.
   if (releases.length === 1 && !releases[0]!.healthcheck) return releases[0]!.target
   // A new release of handlers takes over once all of them are connected: the first one alone

@@ -1,8 +1,11 @@
 /**
  * SIGHUP makes the frontend read its config again, as Mongrel2 does: new routes and handlers
- * start serving, removed ones stop, a broken file keeps the running config.
+ * start serving, removed ones stop (after the requests they have), a broken file keeps the
+ * running config.
  */
 import { writeFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { startFrontendProcess } from '../helpers/frontend.js'
@@ -87,4 +90,44 @@ t.test('SIGHUP applies a changed config without a restart', async (t) => {
   await reloaded(2)
   t.equal((await fetch(`${fe.url}/one/x`)).status, 404, 'a removed route is gone')
   t.equal((await fetch(`${fe.url}/two/x`)).status, 200, 'the kept route still serves')
+})
+
+t.test('a proxy route replaced by a Dir route finishes the request it has', async (t) => {
+  const dir = t.testdir({ public: { 'index.html': 'static now\n' } })
+  // A backend whose /slow answer waits until the test lets it go.
+  let release: (() => void) | undefined
+  let backendGot: (() => void) | undefined
+  const got = new Promise<void>((resolve) => (backendGot = resolve))
+  const backend = createServer((req, res) => {
+    if (req.url === '/slow') {
+      backendGot?.()
+      release = () => res.end('slow from the backend\n')
+      return
+    }
+    res.end('fast from the backend\n')
+  })
+  await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => backend.close(() => resolve())))
+  const port = (backend.address() as AddressInfo).port
+  const proxied = conf(`'/': Proxy(addr='127.0.0.1', port=${port})`)
+  const fe = await startFrontendProcess(dir, proxied)
+  t.teardown(() => fe.proc.stop())
+  t.equal(await (await fetch(`${fe.url}/x`)).text(), 'fast from the backend\n', 'proxied')
+
+  const slow = fetch(`${fe.url}/slow`).then((r) => r.text())
+  await got
+  writeFileSync(
+    join(dir, 'frontend.conf'),
+    conf(`'/': Dir(base='public/', index_file='index.html', default_ctype='text/plain')`),
+  )
+  const mark = fe.proc.lines.length
+  fe.proc.child.kill('SIGHUP')
+  await fe.proc.waitFor((l) => logRecord(l)?.msg === 'reloaded' && fe.proc.lines.indexOf(l) >= mark)
+  t.equal(await (await fetch(`${fe.url}/`)).text(), 'static now\n', 'new requests get the files')
+  release!()
+  t.equal(
+    await slow,
+    'slow from the backend\n',
+    'the request in flight was answered by the backend',
+  )
 })

@@ -4,7 +4,7 @@
  * daemons and the app; `bareku up` again brings the app back without a push.
  */
 import { execFile } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { request } from 'node:http'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -218,6 +218,51 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
       `${fixture} answers through the frontend`,
     )
   }
+
+  // The Node app becomes a static site, under load: its process serves until the site does.
+  const nodeTree = join(dir, 'nodeapp')
+  for (const f of ['package.json', 'package-lock.json', 'server.js', 'build.js']) {
+    rmSync(join(nodeTree, f))
+  }
+  await commitAll(nodeTree, 'now a static site', { 'public/index.html': '<h1>now static</h1>\n' })
+  const nodeUrl = `http://nodeapp.localhost:${port}/`
+  let switching = true
+  const seen: string[] = []
+  const switchLoad = (async () => {
+    // Bounded: it stops once the site answers after the push, or after 20,000 requests.
+    while (switching && seen.length < 20_000) seen.push(await get(nodeUrl).catch(String))
+  })()
+  const toStatic = await push(nodeTree, join(home, 'repos', 'nodeapp.git'))
+  t.equal(toStatic.code, 0, toStatic.stderr)
+  await until('the site answers', async () => (await get(nodeUrl)) === '<h1>now static</h1>\n')
+  switching = false
+  await switchLoad
+  t.same(
+    seen.filter((a) => !/^node fixture ok|^<h1>now static<\/h1>/.test(a)),
+    [],
+    `every request during the switch was answered, by the process or the site (${seen.length})`,
+  )
+  await until('its process stopped', async () => {
+    const ps = await run(BAREKU, ['ps', 'nodeapp', '--json'], { env: cli })
+    return (JSON.parse(ps.stdout) as unknown[]).length === 0
+  })
+  // And back: requests wait for the new process rather than fail.
+  await run('git', ['revert', '--no-edit', 'HEAD'], { cwd: nodeTree })
+  switching = true
+  seen.length = 0
+  const backLoad = (async () => {
+    while (switching && seen.length < 20_000) seen.push(await get(nodeUrl).catch(String))
+  })()
+  const toNode = await push(nodeTree, join(home, 'repos', 'nodeapp.git'))
+  t.equal(toNode.code, 0, toNode.stderr)
+  await until('the process answers', async () => /^node fixture ok/.test(await get(nodeUrl)))
+  switching = false
+  await backLoad
+  t.same(
+    seen.filter((a) => !/^node fixture ok|^<h1>now static<\/h1>/.test(a)),
+    [],
+    `every request during the switch back was answered (${seen.length})`,
+  )
 
   // domains:add routes a new Host to the app.
   await run(BAREKU, ['domains:add', 'hello', 'www.example.test'], { env: cli })
