@@ -49,19 +49,22 @@ const table = {
   settings: { 'limits.websocket_drain': 1500, 'limits.handler_wait': 5000 },
 }
 
-let fe: Proc
-let file = ''
-let port = 0
-let endpoints: Map<string, { sendSpec: string; recvSpec: string }>
-t.before(async () => {
-  const dir = t.testdir()
-  file = join(dir, 'routes.json')
-  writeFileSync(file, JSON.stringify(table))
-  fe = startProcess(join(REPO, 'bin/bareku'), ['frontend', '--config', file], {
+interface Frontend {
+  proc: Proc
+  file: string
+  port: number
+  endpoints: Map<string, { sendSpec: string; recvSpec: string }>
+}
+
+/** The frontend process on `routes` (a route table), once it is ready. */
+async function startFrontend(dir: string, routes: unknown): Promise<Frontend> {
+  const file = join(dir, 'routes.json')
+  writeFileSync(file, JSON.stringify(routes))
+  const proc = startProcess(join(REPO, 'bin/bareku'), ['frontend', '--config', file], {
     env: { BAREKU_FRONTEND_LISTEN: '127.0.0.1:0' },
     cwd: dir,
   })
-  const ready = logRecord(await fe.waitFor((l) => logRecord(l)?.msg === 'ready'))!
+  const ready = logRecord(await proc.waitFor((l) => logRecord(l)?.msg === 'ready'))!
   const server = (
     ready.endpoints as {
       servers: {
@@ -70,13 +73,29 @@ t.before(async () => {
       }[]
     }
   ).servers[0]!
-  port = server.port
-  endpoints = new Map(server.handlers.map((h) => [h.sendIdent, h]))
+  return {
+    proc,
+    file,
+    port: server.port,
+    endpoints: new Map(server.handlers.map((h) => [h.sendIdent, h])),
+  }
+}
+
+let shared: Frontend
+let fe: Proc
+let file = ''
+let port = 0
+t.before(async () => {
+  shared = await startFrontend(t.testdir(), table)
+  fe = shared.proc
+  file = shared.file
+  port = shared.port
 })
 t.teardown(() => fe.stop())
 
-async function startHandler(t: Test, release: number): Promise<Proc> {
-  const ep = endpoints.get(`rel-${release}`)!
+/** Release `release`'s handler (release-handler.py), connected to `on` (the shared frontend). */
+async function startHandler(t: Test, release: number, on = shared): Promise<Proc> {
+  const ep = on.endpoints.get(`rel-${release}`)!
   const p = startProcess(PYTHON, [HANDLER], {
     env: {
       BAREKU_HANDLER_SEND_SPEC: ep.sendSpec,
@@ -186,44 +205,19 @@ t.test('a release dropped from the table finishes the requests it has first', as
 })
 
 t.test('limits.release_ramp 0: a ready release takes every new request at once', async (t) => {
-  const dir = t.testdir()
-  const routes = join(dir, 'routes.json')
   const noRamp = structuredClone(table)
   Object.assign(noRamp.settings, { 'limits.release_ramp': 0 })
-  writeFileSync(routes, JSON.stringify(noRamp))
-  const own = startProcess(join(REPO, 'bin/bareku'), ['frontend', '--config', routes], {
-    env: { BAREKU_FRONTEND_LISTEN: '127.0.0.1:0' },
-    cwd: dir,
-  })
-  t.teardown(() => own.stop())
-  const ready = logRecord(await own.waitFor((l) => logRecord(l)?.msg === 'ready'))!
-  const server = (
-    ready.endpoints as {
-      servers: {
-        port: number
-        handlers: { sendIdent: string; sendSpec: string; recvSpec: string }[]
-      }[]
-    }
-  ).servers[0]!
+  const own = await startFrontend(t.testdir(), noRamp)
+  t.teardown(() => own.proc.stop())
   const start = async (release: number): Promise<void> => {
-    const ep = server.handlers.find((h) => h.sendIdent === `rel-${release}`)!
-    const p = startProcess(PYTHON, [HANDLER], {
-      env: {
-        BAREKU_HANDLER_SEND_SPEC: ep.sendSpec,
-        BAREKU_HANDLER_RECV_SPEC: ep.recvSpec,
-        BAREKU_RELEASE: `v${release}`,
-        INSTANCE: `r${release}`,
-      },
-    })
-    t.teardown(() => p.stop(500))
-    await p.waitFor(/^ready$/)
-    await own.waitFor((l) => {
+    await startHandler(t, release, own)
+    await own.proc.waitFor((l) => {
       const r = logRecord(l)
       return r?.msg === 'handler peers' && r.handler === `rel-${release}` && r.peers === 1
     })
   }
   const get = async (path: string): Promise<string> => {
-    const res = await fetch(`http://127.0.0.1:${server.port}${path}`, { headers: { host: 'shop' } })
+    const res = await fetch(`http://127.0.0.1:${own.port}${path}`, { headers: { host: 'shop' } })
     return /^release (v\d)/.exec(await res.text())?.[1] ?? '?'
   }
 
@@ -234,6 +228,8 @@ t.test('limits.release_ramp 0: a ready release takes every new request at once',
   for (let n = 0; n < 20; n++) answers.add(await get(`/at-once/${n}`))
   // With the default ramp (1 s), most of 20 requests made at once would still go to v1.
   t.same([...answers], ['v2'], 'every request after v2 connected went to v2')
-  await own.waitFor((l) => logRecord(l)?.msg === 'release drained' && logRecord(l)?.release === 1)
+  await own.proc.waitFor(
+    (l) => logRecord(l)?.msg === 'release drained' && logRecord(l)?.release === 1,
+  )
   t.pass('and v1 drained')
 })
