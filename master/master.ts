@@ -224,7 +224,7 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
       const seen = observedOf(r)
       if (lastObserved.get(r.node) === seen) return
       lastObserved.set(r.node, seen)
-      await commit(structuredClone(state), false)
+      replanSoon()
       return
     }
     lastObserved.set(r.node, observedOf(r))
@@ -241,6 +241,24 @@ export async function startMaster(settings: MasterSettings, log: Logger): Promis
       { node: r.node, addr: r.addr, capacity: r.capacity },
       known === undefined ? 'node joined' : known.status === 'down' ? 'node up' : 'node changed',
     )
+  }
+  /**
+   * What nodes observe changed: plan again once the reports already received are in. During a
+   * scale-up every node's report changes at about the same time; one plan for all of them, not
+   * one each (at 100 nodes one plan and publication takes about 13 ms).
+   */
+  let replanning = false
+  const replanSoon = (): void => {
+    if (replanning) return
+    replanning = true
+    setImmediate(() => {
+      serial(async () => {
+        replanning = false
+        if (!closed) await commit(structuredClone(state), false)
+      }).catch((err: unknown) => {
+        log.error({ err: (err as Error).message }, 'plan after node reports failed')
+      })
+    })
   }
   const onFrontendReport = async (r: FrontendReport): Promise<void> => {
     const before = lastFrontend && JSON.stringify(lastFrontend.report.apps)
