@@ -606,7 +606,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       if (ev.type === 'head' && conn.upgrade) {
         if (ev.head.status === 101) {
           // not in this cork: see cork-anchor.ts
-          upgradeNext = { conn, head: ev.head, rest: events.slice(i + 1) }
+          upgradeNext = { head: ev.head, rest: events.slice(i + 1) }
           return
         }
         conn.upgrade = undefined
@@ -614,7 +614,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       apply(conn, ev)
     }
   }
-  let upgradeNext: { conn: HttpConn; head: ResponseHead; rest: ResponseEvent[] } | undefined
+  /** A 101 that corked() left for after its cork (the reply's conn is corkConn's). */
+  let upgradeNext: { head: ResponseHead; rest: ResponseEvent[] } | undefined
 
   function apply(conn: HttpConn, ev: ResponseEvent): void {
     const res = conn.res
