@@ -4,7 +4,9 @@
 // tap's own summary ("# { total: .. }") is not a format CI recognises, hence this wrapper.
 // Every failed assertion is listed again just above that line, with its subtest path and the
 // start of its diagnostics: CI keeps only the end of a long log, and the coverage table that
-// tap prints after the tests would push the failures out of it.
+// tap prints after the tests would push the failures out of it. A test file that died (a
+// signal, an exit) is listed with the subtest it was in and the last lines of stderr, since a
+// native crash explains itself only there.
 import { spawn } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
@@ -13,7 +15,20 @@ const require = createRequire(import.meta.url)
 const tapBin = join(dirname(require.resolve('tap/package.json')), 'dist/esm/run.mjs')
 
 const child = spawn(process.execPath, [tapBin, ...process.argv.slice(2)], {
-  stdio: ['inherit', 'pipe', 'inherit'],
+  stdio: ['inherit', 'pipe', 'pipe'],
+})
+
+/** the last lines of stderr, from every test file at once (they run in parallel) */
+const STDERR_LINES = 40
+const stderrTail = []
+let stderrPending = ''
+child.stderr.on('data', (buf) => {
+  process.stderr.write(buf)
+  stderrPending += buf.toString('utf8')
+  const lines = stderrPending.split('\n')
+  stderrPending = lines.pop() ?? ''
+  stderrTail.push(...lines)
+  if (stderrTail.length > STDERR_LINES) stderrTail.splice(0, stderrTail.length - STDERR_LINES)
 })
 
 let summary = null
@@ -46,13 +61,19 @@ const track = (line) => {
     subtests.push({ indent, name: sub[1] })
     return
   }
-  if (/^not ok \d+/.test(text)) {
+  const result = /^(not )?ok \d+/.exec(text)
+  if (!result) return
+  if (result[1]) {
     // the subtest lines of an assertion sit 4 columns deeper than it, except its own
     const path = subtests.filter((s) => s.indent <= indent).map((s) => s.name)
-    const failure = { path, line: text, indent, lines: [], skipping: false }
+    // subtests still open below a failed one never finished: its process died in them
+    const running = subtests.filter((s) => s.indent > indent).map((s) => s.name)
+    const failure = { path, running, line: text, indent, lines: [], skipping: false }
     failures.push(failure)
     diag = failure
   }
+  // a result closes its own subtest (same indent) and any finished ones inside it
+  while (subtests.length > 0 && subtests.at(-1).indent >= indent) subtests.pop()
 }
 child.stdout.on('data', (buf) => {
   process.stdout.write(buf)
@@ -89,7 +110,12 @@ const finish = (code) => {
     process.stdout.write(`\n# failed (${leaves.length}):\n`)
     for (const f of leaves) {
       process.stdout.write(`# ${[...f.path, f.line].join(' > ')}\n`)
+      if (f.running.length > 0) process.stdout.write(`#   died in: ${f.running.join(' > ')}\n`)
       for (const l of f.lines) process.stdout.write(`#   ${l}\n`)
+    }
+    if (leaves.some((f) => f.lines.some((l) => /^(signal|exitCode): [^n]/.test(l)))) {
+      process.stdout.write(`# the last ${STDERR_LINES} lines of stderr (all files):\n`)
+      for (const l of [...stderrTail, stderrPending]) if (l) process.stdout.write(`#   ${l}\n`)
     }
   }
   process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`)
