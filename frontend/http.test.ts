@@ -4,12 +4,13 @@
  * handler took is sent again, byte for byte the same apart from the connection id, to another
  * handler. The real frontend process; the handlers are zeromq sockets in this test.
  */
+import { randomBytes } from 'node:crypto'
 import { connect } from 'node:net'
 import t from 'tap'
 import { Publisher, Pull } from 'zeromq'
 import { encodeReply, parseRequest } from '../lib/protocol/mongrel2.js'
 import { logRecord } from '../test/helpers/process.js'
-import { startFrontendProcess, type RunningFrontend } from '../test/helpers/frontend.js'
+import { rawRequest, startFrontendProcess, type RunningFrontend } from '../test/helpers/frontend.js'
 
 const conf = `
 h = Handler(send_spec='tcp://127.0.0.1:*', send_ident='h', recv_spec='tcp://127.0.0.1:*', recv_ident='')
@@ -169,5 +170,105 @@ t.test('WebSocket upgrades that the handler answers later', async (t) => {
     refused.got.toString(),
     /^HTTP\/1\.1 400 [^]*Connection: Upgrade/,
     'no Upgrade token: 400',
+  )
+})
+
+t.test('replies larger than a cork, and bytes beyond ASCII, arrive exactly as sent', async (t) => {
+  const h = await handler(1)
+  t.teardown(() => h.close())
+  const payload = randomBytes(1 << 16)
+  const many = Array.from({ length: 150 }, (_, i) => `x-field-${i}: ${'v'.repeat(150)}\r\n`)
+  // Each message of /big holds the end of one chunk and most of the next: the shape whose second
+  // write uWS 20.30 dropped when the cork overflowed while the client was not reading.
+  const a = 6000
+  const pair = Buffer.concat([
+    Buffer.from(`${a.toString(16)}\r\n`),
+    payload.subarray(0, a),
+    Buffer.from(`\r\n${(payload.length - a).toString(16)}\r\n`),
+    payload.subarray(a),
+    Buffer.from('\r\n'),
+  ])
+  const messages = 96
+  void (async () => {
+    for await (const [msg] of h.pull) {
+      const req = parseRequest(msg!)
+      if (req.path === '@*' || req.headers.METHOD === 'JSON') continue
+      const reply = (body: Buffer | string): Promise<void> =>
+        h.pub.send(encodeReply({ uuid: 'h', connIds: [req.connId], body }))
+      if (req.path === '/big') {
+        await reply('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n')
+        for (let i = 0; i < messages; i++) await reply(pair)
+        await reply('0\r\n\r\n')
+      } else if (req.path === '/many') {
+        await reply(`HTTP/1.1 200 OK\r\n${many.join('')}Content-Length: 2\r\n\r\nok`)
+      } else if (req.path === '/long') {
+        await reply(
+          `HTTP/1.1 200 OK\r\nx-long: ${'a'.repeat(20_000)}\r\nContent-Length: 2\r\n\r\nok`,
+        )
+      } else {
+        await reply(
+          Buffer.from('HTTP/1.1 200 Très bien\r\nX-Name: café\r\nContent-Length: 2\r\n\r\nok'),
+        )
+      }
+    }
+  })()
+
+  const utf8 = await rawRequest(
+    fe.port,
+    'GET /utf8 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n',
+  )
+  t.ok(utf8.includes(Buffer.from('HTTP/1.1 200 Très bien\r\n')), 'the reason, byte for byte')
+  t.ok(utf8.includes(Buffer.from('\r\nX-Name: café\r\n')), 'a header value, byte for byte')
+
+  const head = (
+    await rawRequest(fe.port, 'GET /many HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+  ).toString('latin1')
+  t.ok(head.startsWith('HTTP/1.1 200 OK\r\n'), 'a 24 KB head is answered')
+  t.ok(head.includes(many.join('')), 'with every field, in order')
+  t.ok(head.endsWith('\r\n\r\nok'), 'and its body')
+
+  const long = (
+    await rawRequest(fe.port, 'GET /long HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+  ).toString('latin1')
+  t.match(long, /^HTTP\/1\.1 502 /, 'a 20 KB header line is a 502')
+  await fe.proc.waitFor((l) => /reply header line over \d+ bytes/.test(String(logRecord(l)?.msg)))
+
+  const body = await new Promise<Buffer>((resolve, reject) => {
+    const sock = connect(fe.port, '127.0.0.1', () =>
+      sock.write('GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n'),
+    )
+    const parts: Buffer[] = []
+    let tail = ''
+    sock.on('data', (d: Buffer) => {
+      parts.push(d)
+      tail = (tail + d.toString('latin1', Math.max(0, d.length - 7))).slice(-7)
+      if (tail === '\r\n0\r\n\r\n') {
+        sock.destroy()
+        return resolve(Buffer.concat(parts))
+      }
+      // The client stops after every read, so the frontend's socket keeps filling up.
+      sock.pause()
+      setImmediate(() => sock.resume())
+    })
+    sock.on('error', reject)
+    sock.on('close', () => reject(new Error('closed before the last chunk')))
+  })
+  const chunks: Buffer[] = []
+  let at = body.indexOf('\r\n\r\n') + 4
+  for (;;) {
+    const eol = body.indexOf('\r\n', at)
+    const line = body.toString('latin1', at, eol)
+    if (!/^[0-9a-f]{1,8}$/.test(line)) {
+      t.fail(`expected a chunk size at byte ${at}, got ${JSON.stringify(line.slice(0, 40))}`)
+      break
+    }
+    const size = parseInt(line, 16)
+    if (size === 0) break
+    chunks.push(body.subarray(eol + 2, eol + 2 + size))
+    at = eol + 2 + size + 2
+  }
+  t.ok(
+    Buffer.concat(chunks).equals(Buffer.concat(Array(messages).fill(payload))),
+    'a 6 MB chunked reply, byte-exact',
   )
 })

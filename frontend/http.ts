@@ -57,6 +57,7 @@ import {
   type WsFrame,
 } from '../lib/protocol/websocket.js'
 import uWS, {
+  latin1Bytes,
   type HttpRequest,
   type HttpResponse,
   type us_listen_socket,
@@ -64,6 +65,7 @@ import uWS, {
 } from './uws.js'
 import { ConnTable } from './connections.js'
 import { createCorkAnchor } from './cork-anchor.js'
+import { CORK_ROOM, freshCork, takeCork, takePiece } from './cork-room.js'
 import { createDirRoute, type DirRoute } from './dir.js'
 import { createProxyRoute, type ProxyRoute } from './proxy.js'
 import { HandlerSocket } from './handler-socket.js'
@@ -120,6 +122,8 @@ interface HttpConn {
   /** Already sent to a second handler after the first died with it. */
   retried: boolean
   head?: ResponseHead
+  /** The next of the head's fields to write, -1 before its status (a head may take several corks). */
+  field: number
   /** A held request's message and its deadline. */
   held?: { msgs: Buffer[]; timer: NodeJS.Timeout }
   /** Body bytes uWS could not take yet (Content-Length replies through tryEnd). */
@@ -585,7 +589,12 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     }
     corkConn = conn
     corkEvents = events
-    conn.res.cork(corked)
+    corkAt = 0
+    corkSent = 0
+    // A reply that does not fit in one cork takes several: see cork-room.ts.
+    while (corkAt < events.length && !conn.done && !upgradeNext) conn.res.cork(corked)
+    corkConn = undefined
+    corkEvents = NO_EVENTS
     if (upgradeNext) {
       const { head, rest } = upgradeNext
       upgradeNext = undefined
@@ -593,47 +602,73 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     }
   }
 
-  // What the next cork writes: one function for every reply rather than a closure per reply.
+  // What the next cork writes: one function for every reply rather than a closure per reply. The
+  // reply's events, the one being written, and how many bytes of its data are written already.
   let corkConn: HttpConn | undefined
-  let corkEvents: ResponseEvent[] = []
+  let corkEvents: ResponseEvent[] = NO_EVENTS
+  let corkAt = 0
+  let corkSent = 0
+  /** Writes the reply's events as far as one cork has room. */
   function corked(): void {
+    freshCork()
     const conn = corkConn!
     const events = corkEvents
-    corkConn = undefined
-    for (let i = 0; i < events.length; i++) {
-      if (conn.done) break
-      const ev = events[i]!
+    for (; corkAt < events.length && !conn.done; corkAt++) {
+      const ev = events[corkAt]!
       if (ev.type === 'head' && conn.upgrade) {
         if (ev.head.status === 101) {
           // not in this cork: see cork-anchor.ts
-          upgradeNext = { head: ev.head, rest: events.slice(i + 1) }
+          upgradeNext = { head: ev.head, rest: events.slice(corkAt + 1) }
           return
         }
         conn.upgrade = undefined
       }
-      apply(conn, ev)
+      if (!apply(conn, ev)) return
     }
   }
   /** A 101 that corked() left for after its cork (the reply's conn is corkConn's). */
   let upgradeNext: { head: ResponseHead; rest: ResponseEvent[] } | undefined
 
-  function apply(conn: HttpConn, ev: ResponseEvent): void {
+  /** Writes one event of a reply; false when the cork is full (it is called again in a fresh one). */
+  function apply(conn: HttpConn, ev: ResponseEvent): boolean {
     const res = conn.res
     switch (ev.type) {
       case 'informational':
-        return // uWS answers Expect: 100-continue itself and cannot write other interim heads
+        return true // uWS answers Expect: 100-continue itself and cannot write other interim heads
       case 'head': {
         const head = ev.head
-        conn.head = head
-        // uWS writes "200 OK" itself when no status is set: the common reply spares the call.
-        if (head.status !== 200 || head.reason !== 'OK') {
-          res.writeStatus(statusLine(head.status, head.reason))
-        }
         const fields = head.headers
-        for (let i = 0; i < fields.length; i++) {
-          const [name, value] = fields[i]!
-          if (!droppedReplyHeader(name)) res.writeHeader(name, value)
+        if (conn.head !== head) {
+          conn.head = head
+          conn.field = -1
+          for (let i = 0; i < fields.length; i++) {
+            const [name, value] = fields[i]!
+            if (name.length + value.length > MAX_FIELD_BYTES) {
+              log.warn(
+                { id: conn.id, header: name, bytes: name.length + value.length },
+                `reply header line over ${MAX_FIELD_BYTES} bytes, answering 502`,
+              )
+              finish(conn)
+              fail(res, 502)
+              return true
+            }
+          }
         }
+        if (conn.field < 0) {
+          if (!takeCork(32 + head.reason.length)) return false
+          conn.field = 0
+          // uWS writes "200 OK" itself when no status is set: the common reply spares the call.
+          if (head.status !== 200 || head.reason !== 'OK') {
+            res.writeStatus(statusLine(head.status, head.reason))
+          }
+        }
+        for (; conn.field < fields.length; conn.field++) {
+          const [name, value] = fields[conn.field]!
+          if (droppedReplyHeader(name)) continue
+          if (!takeCork(name.length + value.length)) return false
+          res.writeHeader(name, latin1Bytes(value))
+        }
+        if (!takeCork(40)) return false
         // uWS's own close flag writes its header too late once a body is streaming, so the
         // handler's wish to close is passed on as a header, and the client closes.
         if (!head.keepAlive || head.framing === 'close') res.writeHeader('Connection', 'close')
@@ -649,17 +684,19 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
           finish(conn)
           res.end()
         }
-        return
+        return true
       }
       case 'data':
-        if (conn.head?.framing === 'length') return writeLength(conn, ev.chunk)
-        return writeStream(conn, ev.chunk)
+        if (conn.head?.framing !== 'length') return writeStream(conn, ev.chunk)
+        writeLength(conn, ev.chunk)
+        return true
       case 'end':
         // A close-delimited reply reaches the client chunked, with Connection: close.
-        if (conn.done) return
+        if (conn.done) return true
+        if (!takeCork(8)) return false
         finish(conn)
         res.end()
-        return
+        return true
     }
   }
 
@@ -682,7 +719,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   }
 
   function tryEnd(conn: HttpConn, chunk: Buffer): void {
-    if (conn.bodyOut === 0 && chunk.length === conn.head!.contentLength) {
+    if (conn.bodyOut === 0 && chunk.length === conn.head!.contentLength && takeCork(chunk.length)) {
       // The whole body at once (the common reply): end() writes it like tryEnd would, and
       // keeps what the socket cannot take yet itself, so there is nothing to retry.
       conn.res.end(chunk)
@@ -703,14 +740,26 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     hookWritable(conn)
   }
 
-  function writeStream(conn: HttpConn, chunk: Buffer): void {
-    // uWS buffers what the socket cannot take; count it so one slow client cannot hold memory.
-    if (!conn.res.write(chunk)) {
-      conn.stall = { chunk, start: 0 }
-      conn.queued += chunk.length
-      if (conn.queued > limits.connBuffer) return overflow(conn)
-      hookWritable(conn)
+  /** Writes a streamed body chunk in pieces that fit the cork; false when the cork is full. */
+  function writeStream(conn: HttpConn, chunk: Buffer): boolean {
+    while (corkSent < chunk.length) {
+      const n = takePiece(chunk.length - corkSent)
+      if (n === 0) return false
+      const piece = n === chunk.length ? chunk : chunk.subarray(corkSent, corkSent + n)
+      corkSent += n
+      // uWS buffers what the socket cannot take; count it so one slow client cannot hold memory.
+      if (!conn.res.write(piece)) {
+        conn.stall = { chunk: piece, start: 0 }
+        conn.queued += n
+        if (conn.queued > limits.connBuffer) {
+          overflow(conn)
+          break
+        }
+        hookWritable(conn)
+      }
     }
+    corkSent = 0
+    return true
   }
 
   function hookWritable(conn: HttpConn): void {
@@ -1187,6 +1236,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
       queued: 0,
       bodyOut: 0,
       writableHooked: false,
+      field: -1,
     }
     conn.parser.expect(method)
     conn.id = conns.add(conn)
@@ -1754,15 +1804,15 @@ function remoteAddress(res: HttpResponse): string {
 }
 
 // Status lines as uWS will write them, kept as bytes per status: a string argument costs uWS a
-// UTF-8 conversion into a fresh allocation on every call.
+// UTF-8 conversion into a fresh allocation on every call. The reason was read as latin1.
 const statusLines = new Map<number, { reason: string; line: Buffer }>()
 function statusLine(status: number, reason: string): Buffer | string {
   const known = statusLines.get(status)
   if (known !== undefined && known.reason === reason) return known.line
   const line = reason ? `${status} ${reason}` : String(status)
   // The first reason seen for a status is kept (a handler's own reasons cannot grow the map).
-  if (known === undefined) statusLines.set(status, { reason, line: Buffer.from(line) })
-  return line
+  if (known === undefined) statusLines.set(status, { reason, line: Buffer.from(line, 'latin1') })
+  return latin1Bytes(line)
 }
 
 /** A proxy target as routed: with the health check of its release, if it has one. */
@@ -1775,6 +1825,9 @@ const RETIRE_MAX_MS = 60_000
 /** Status recomputations within this long are one. */
 const STATUS_COALESCE_MS = 20
 const RETRY_AFTER: [string, string][] = [['Retry-After', '5']]
+const NO_EVENTS: ResponseEvent[] = []
+/** A reply header line longer than this cannot be written safely in one cork: a 502. */
+const MAX_FIELD_BYTES = CORK_ROOM - 64
 
 // Routes naming the same handler share its sockets; a `tcp://host:*` spec is only unique with
 // its ident, so the key is the whole socket identity.

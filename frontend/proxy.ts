@@ -32,7 +32,8 @@ import {
   type UpstreamError,
   type UpstreamHandler,
 } from './upstream.js'
-import type { HttpResponse } from './uws.js'
+import { CORK_ROOM, freshCork, takeCork, takePiece } from './cork-room.js'
+import { latin1Bytes, type HttpResponse } from './uws.js'
 
 /** What the frontend reads from uWS's request before calling `serve` (uWS's req dies after). */
 export interface ProxyRequest {
@@ -211,6 +212,8 @@ const NOT_ASCII = /[^\0-\x7f]/
 /** The first quick re-probe of a backend that has not answered yet; see quickProbe. */
 const QUICK_PROBE_MS = 25
 const EMPTY = Buffer.alloc(0)
+/** A response header line longer than this cannot be written safely in one cork: a 502. */
+const MAX_FIELD_BYTES = CORK_ROOM - 64
 const NO_EVENTS: readonly ResponseEvent[] = []
 
 interface Backend {
@@ -255,7 +258,10 @@ class Exchange extends UpstreamRequest {
   total = -1
   /** Response headers its Connection header names (hop-by-hop too). */
   named: string[] | undefined = undefined
+  /** The status line is written. */
   headWritten = false
+  /** The next of the response's header fields to write (several corks may be needed). */
+  field = 0
   /** Body bytes uWS did not take (tryEnd), and the write offset where they start. */
   stall: Buffer | undefined = undefined
   stallStart = 0
@@ -308,14 +314,6 @@ class Probe extends UpstreamRequest {
  */
 function headBytes(head: string): string | Buffer {
   return NOT_ASCII.test(head) ? Buffer.from(head) : head
-}
-
-/**
- * The parser reads a backend's head as latin1 (one char per byte) and uWS writes strings as
- * UTF-8; a Buffer of the same bytes passes them through unchanged.
- */
-function bytes(text: string): string | Buffer {
-  return NOT_ASCII.test(text) ? Buffer.from(text, 'latin1') : text
 }
 
 function whole(
@@ -819,54 +817,76 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
 
   // ---------------------------------------------------------------- backend -> client
 
-  // Set just before res.cork(writeEvents), so that a read needs no closure of its own.
+  // Set just before res.cork(writeEvents), so that a read needs no closure of its own: the read's
+  // events, the one being written, and how many bytes of its data are written already.
   let corkEx: Exchange | undefined
   let corkEvents: readonly ResponseEvent[] = NO_EVENTS
+  let corkAt = 0
+  let corkSent = 0
 
   function onUpstreamResponse(req: UpstreamRequest, events: readonly ResponseEvent[]): void {
     const ex = req as Exchange
     if (ex.done) return
     corkEx = ex
     corkEvents = events
-    ex.res.cork(writeEvents)
+    corkAt = 0
+    corkSent = 0
+    // A read that does not fit in one cork takes several: see cork-room.ts.
+    while (corkAt < events.length && !ex.done) ex.res.cork(writeEvents)
     corkEx = undefined
     corkEvents = NO_EVENTS
   }
 
-  /** Writes the events of one upstream read to the client, inside one cork. */
+  /** Writes the events of one upstream read to the client, as far as one cork has room. */
   function writeEvents(): void {
+    freshCork()
     const ex = corkEx!
     const events = corkEvents
-    for (let i = 0; i < events.length && !ex.done; i++) {
-      const e = events[i]!
+    for (; corkAt < events.length && !ex.done; corkAt++) {
+      const e = events[corkAt]!
       // 'informational' heads are not passed on: uWS has answered 100-continue itself.
-      if (e.type === 'data') writeData(ex, e.chunk)
-      else if (e.type === 'head') i = startResponse(ex, e.head, events, i)
-      else if (e.type === 'end') endResponse(ex)
+      if (e.type === 'data') {
+        if (!writeData(ex, e.chunk)) return
+      } else if (e.type === 'head') {
+        if (!startResponse(ex, e.head, events)) return
+      } else if (e.type === 'end') {
+        if (!endResponse(ex)) return
+      }
     }
   }
 
-  /** Handles the final head; returns the index of the last event it used. */
+  /**
+   * Handles the final head; false when the cork is full (it is called again in a fresh one). A
+   * body that came whole with it is written too, and its event skipped.
+   */
   function startResponse(
     ex: Exchange,
     head: ResponseHead,
     events: readonly ResponseEvent[],
-    i: number,
-  ): number {
-    ex.response = head
-    const fields = head.headers
-    let named: string[] | undefined
-    for (let k = 0; k < fields.length; k++) {
-      const f = fields[k]!
-      if (f[0].length === 10 && sameLetters(f[0], 'connection')) {
-        named = connectionTokens(f[1], named)
+  ): boolean {
+    const res = ex.res
+    if (ex.response !== head) {
+      ex.response = head
+      const fields = head.headers
+      let named: string[] | undefined
+      let longest = 0
+      for (let k = 0; k < fields.length; k++) {
+        const f = fields[k]!
+        if (f[0].length === 10 && sameLetters(f[0], 'connection')) {
+          named = connectionTokens(f[1], named)
+        }
+        longest = Math.max(longest, f[0].length + f[1].length)
+      }
+      ex.named = named
+      if (longest > MAX_FIELD_BYTES) {
+        cutShort(ex, `a response header line over ${MAX_FIELD_BYTES} bytes`)
+        return true
       }
     }
-    ex.named = named
-    const res = ex.res
+    if (!writeHead(ex)) return false
     if (head.framing === 'none') {
       // HEAD, 204, 304.
-      writeHead(ex)
+      if (!takeCork(40)) return false
       resumeBody(ex)
       // endWithoutBody(n) on this uWS build leaves the response pending, which stalls the
       // connection's next request; writing the header ourselves does not.
@@ -875,73 +895,97 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
       }
       res.endWithoutBody()
       finish(ex, false)
-      return i
+      return true
     }
     const total = head.framing === 'length' ? head.contentLength! : -1
     ex.total = total
     if (total === 0) {
-      writeHead(ex)
       resumeBody(ex)
       res.end()
       finish(ex, false)
-      return i
+      return true
     }
     if (total > 0) {
-      const next = events[i + 1]
-      if (next !== undefined && next.type === 'data' && next.chunk.length === total) {
+      const next = events[corkAt + 1]
+      if (
+        next !== undefined &&
+        next.type === 'data' &&
+        next.chunk.length === total &&
+        takeCork(total)
+      ) {
         // The whole body came with the head: status, headers and body leave in one write.
-        writeHead(ex)
         resumeBody(ex)
         res.end(next.chunk)
         finish(ex, false)
-        return i + 1
+        corkAt++
+        return true
       }
-      writeHead(ex)
       // Nothing more in this read: the head goes now, so the client sees the response begin.
       if (next === undefined) lengthWrite(ex, EMPTY)
     }
-    // uWS cannot end a chunked head without a chunk, so that head waits for the first one.
-    return i
+    // A chunked head is written with its first chunk: uWS cannot end it without one.
+    return true
   }
 
-  function writeHead(ex: Exchange): void {
-    ex.headWritten = true
+  /** Writes the head's status and fields, each taking its room; false when the cork is full. */
+  function writeHead(ex: Exchange): boolean {
     const res = ex.res
     const head = ex.response!
-    const status = head.status
-    const reason = head.reason
-    const standard = STATUS_LINE[status]
-    if (status !== 200 || (reason !== 'OK' && reason !== '')) {
-      res.writeStatus(
-        standard !== undefined && (reason === '' || reason === STATUS_TEXT[status])
-          ? standard
-          : reason !== ''
-            ? bytes(`${status} ${reason}`)
-            : String(status),
-      )
-    }
-    // else: uWS writes `200 OK` itself when no status was set, sparing a call and a conversion.
     const fields = head.headers
-    const named = ex.named
-    for (let i = 0; i < fields.length; i++) {
-      const f = fields[i]!
-      if (!responseHeaderDropped(f[0], named)) res.writeHeader(f[0], bytes(f[1]))
+    if (ex.headWritten && ex.field === fields.length) return true
+    if (!ex.headWritten) {
+      if (!takeCork(32 + head.reason.length)) return false
+      ex.headWritten = true
+      const status = head.status
+      const reason = head.reason
+      const standard = STATUS_LINE[status]
+      if (status !== 200 || (reason !== 'OK' && reason !== '')) {
+        res.writeStatus(
+          standard !== undefined && (reason === '' || reason === STATUS_TEXT[status])
+            ? standard
+            : reason !== ''
+              ? latin1Bytes(`${status} ${reason}`)
+              : String(status),
+        )
+      }
+      // else: uWS writes `200 OK` itself when no status was set, sparing a call and a conversion.
     }
+    const named = ex.named
+    for (; ex.field < fields.length; ex.field++) {
+      const f = fields[ex.field]!
+      if (responseHeaderDropped(f[0], named)) continue
+      if (!takeCork(f[0].length + f[1].length)) return false
+      res.writeHeader(f[0], latin1Bytes(f[1]))
+    }
+    return true
   }
 
-  function writeData(ex: Exchange, chunk: Buffer): void {
-    if (!ex.headWritten) writeHead(ex)
-    if (ex.total >= 0) lengthWrite(ex, chunk)
-    else if (!ex.res.write(chunk)) pauseUpstream(ex)
+  /** Writes a body chunk, a chunked one in pieces that fit; false when the cork is full. */
+  function writeData(ex: Exchange, chunk: Buffer): boolean {
+    if (!writeHead(ex)) return false
+    if (ex.total >= 0) {
+      lengthWrite(ex, chunk)
+      return true
+    }
+    while (corkSent < chunk.length) {
+      const n = takePiece(chunk.length - corkSent)
+      if (n === 0) return false
+      const piece = n === chunk.length ? chunk : chunk.subarray(corkSent, corkSent + n)
+      corkSent += n
+      if (!ex.res.write(piece)) pauseUpstream(ex)
+    }
+    corkSent = 0
+    return true
   }
 
-  function endResponse(ex: Exchange): void {
+  function endResponse(ex: Exchange): boolean {
     // A Content-Length body ends with its last byte (tryEnd), or in onWritable when stalled.
-    if (ex.total >= 0) return
-    if (!ex.headWritten) writeHead(ex)
+    if (ex.total >= 0) return true
+    if (!writeHead(ex) || !takeCork(8)) return false
     resumeBody(ex)
     ex.res.end()
     finish(ex, false)
+    return true
   }
 
   function lengthWrite(ex: Exchange, chunk: Buffer): void {

@@ -28,6 +28,17 @@ export const isNative: boolean = typeof (uWS as { getParts?: unknown }).getParts
 if (!isNative) throw new Error(`${binary} loaded but is not the native uWebSockets.js addon`)
 
 export default uWS
+
+const NOT_ASCII = /[^\0-\x7f]/
+
+/**
+ * Bytes that were decoded as latin1 (one char per byte), ready for a uWS write: uWS writes a
+ * string as UTF-8, which would turn each byte over 0x7f into two; a Buffer goes out unchanged.
+ * ASCII stays a string, which uWS copies without an allocation of ours.
+ */
+export function latin1Bytes(text: string): string | Buffer {
+  return NOT_ASCII.test(text) ? Buffer.from(text, 'latin1') : text
+}
 export type {
   TemplatedApp,
   HttpRequest,

@@ -1,0 +1,36 @@
+/** The cork room's arithmetic: what fits, what waits for a fresh cork, how data is split. */
+import t from 'tap'
+import { CORK_ROOM, corkIsFresh, freshCork, takeCork, takePiece } from './cork-room.js'
+
+t.test('small writes share a cork until it is full', async (t) => {
+  freshCork()
+  t.ok(corkIsFresh())
+  let n = 0
+  while (takeCork(1000)) n++
+  t.equal(n, Math.floor(CORK_ROOM / 1016), 'each write counts with what uWS adds to it')
+  t.notOk(corkIsFresh())
+  t.notOk(takeCork(1000), 'a full cork takes nothing more')
+  freshCork()
+  t.ok(takeCork(1000), 'a fresh one does')
+})
+
+t.test('a write larger than a whole cork never fits', async (t) => {
+  freshCork()
+  t.notOk(takeCork(CORK_ROOM), 'not even in a fresh cork')
+  t.ok(corkIsFresh(), 'and takes no room')
+})
+
+t.test('data is cut into pieces that fit, and small leftovers wait', async (t) => {
+  freshCork()
+  const first = takePiece(64 * 1024)
+  t.ok(first > 15_000 && first < CORK_ROOM, `a fresh cork takes ${first} bytes of 64 KiB`)
+  t.equal(takePiece(64 * 1024), 0, 'then nothing')
+  freshCork()
+  t.equal(takePiece(100), 100, 'a small chunk whole')
+  const rest = takePiece(64 * 1024)
+  t.ok(rest > 0 && rest < first, 'the rest of the cork')
+  freshCork()
+  takeCork(CORK_ROOM - 600)
+  t.equal(takePiece(4000), 0, 'under 1 KiB of room: the piece waits for a fresh cork')
+  t.equal(takePiece(300), 300, 'unless the whole chunk fits')
+})
