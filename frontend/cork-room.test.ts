@@ -1,6 +1,18 @@
-/** The cork room's arithmetic: what fits, what waits for a fresh cork, how data is split. */
+/**
+ * The cork room's arithmetic: what fits, what waits for a fresh cork, how data is split, and
+ * which head lines are too long for any cork.
+ */
 import t from 'tap'
-import { CORK_ROOM, corkIsFresh, freshCork, takeCork, takePiece } from './cork-room.js'
+import type { ResponseHead } from '../lib/protocol/http-response.js'
+import {
+  CORK_ROOM,
+  corkIsFresh,
+  freshCork,
+  lineTooLong,
+  MAX_LINE_BYTES,
+  takeCork,
+  takePiece,
+} from './cork-room.js'
 
 t.test('small writes share a cork until it is full', async (t) => {
   freshCork()
@@ -33,4 +45,28 @@ t.test('data is cut into pieces that fit, and small leftovers wait', async (t) =
   takeCork(CORK_ROOM - 600)
   t.equal(takePiece(4000), 0, 'under 1 KiB of room: the piece waits for a fresh cork')
   t.equal(takePiece(300), 300, 'unless the whole chunk fits')
+})
+
+t.test('a head line that no cork can take is named', async (t) => {
+  const head = (reason: string, headers: [string, string][]): ResponseHead => ({
+    status: 200,
+    reason,
+    version: 'HTTP/1.1',
+    headers,
+    framing: 'length',
+    keepAlive: true,
+  })
+  const long = 'a'.repeat(MAX_LINE_BYTES)
+  t.equal(lineTooLong(head('OK', [['x', 'y']])), undefined)
+  t.equal(lineTooLong(head('OK', [['x', long.slice(1)]])), undefined, 'at the limit')
+  t.equal(
+    lineTooLong(
+      head('OK', [
+        ['x', 'y'],
+        ['x-big', long],
+      ]),
+    ),
+    'x-big',
+  )
+  t.equal(lineTooLong(head(long + 'b', [])), 'reason')
 })

@@ -20,12 +20,30 @@
  * Only writers that cork a socket from outside uWS's callbacks use this: inside one, uWS has
  * corked the socket already, with an unknown amount in it, and nothing large is written there.
  */
+import type { ResponseHead } from '../lib/protocol/http-response.js'
 
 /**
  * The cork buffer (16 KiB) less what uWS writes on its own around a reply: Date, its own
  * uWebSockets header, Content-Length or Transfer-Encoding, the empty line and the last chunk.
  */
 export const CORK_ROOM = 16 * 1024 - 512
+
+/**
+ * The longest head line (a header field, or a status line's reason) a writer takes: uWS writes
+ * one in several parts, so it must fit in one cork. Longer ones are refused (a 502).
+ */
+export const MAX_LINE_BYTES = CORK_ROOM - 64
+
+/** The first line of `head` longer than MAX_LINE_BYTES (a header name, or 'reason'), if any. */
+export function lineTooLong(head: ResponseHead): string | undefined {
+  if (head.reason.length > MAX_LINE_BYTES) return 'reason'
+  const fields = head.headers
+  for (let i = 0; i < fields.length; i++) {
+    const [name, value] = fields[i]!
+    if (name.length + value.length > MAX_LINE_BYTES) return name
+  }
+  return undefined
+}
 
 /** What uWS adds to one write of ours: a chunk's CRLF, hex size and CRLF, or a header's ": " and CRLF. */
 const WRITE_OVERHEAD = 16

@@ -201,6 +201,8 @@ t.test('replies larger than a cork, and bytes beyond ASCII, arrive exactly as se
         await reply('0\r\n\r\n')
       } else if (req.path === '/many') {
         await reply(`HTTP/1.1 200 OK\r\n${many.join('')}Content-Length: 2\r\n\r\nok`)
+      } else if (req.path === '/reason') {
+        await reply(`HTTP/1.1 200 ${'O'.repeat(20_000)}\r\nContent-Length: 2\r\n\r\nok`)
       } else if (req.path === '/long') {
         await reply(
           `HTTP/1.1 200 OK\r\nx-long: ${'a'.repeat(20_000)}\r\nContent-Length: 2\r\n\r\nok`,
@@ -231,7 +233,12 @@ t.test('replies larger than a cork, and bytes beyond ASCII, arrive exactly as se
     await rawRequest(fe.port, 'GET /long HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
   ).toString('latin1')
   t.match(long, /^HTTP\/1\.1 502 /, 'a 20 KB header line is a 502')
-  await fe.proc.waitFor((l) => /reply header line over \d+ bytes/.test(String(logRecord(l)?.msg)))
+  const reason = await rawRequest(
+    fe.port,
+    'GET /reason HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n',
+  )
+  t.match(reason.toString('latin1'), /^HTTP\/1\.1 502 /, 'and so is a 20 KB reason')
+  await fe.proc.waitFor((l) => /reply head line over \d+ bytes/.test(String(logRecord(l)?.msg)))
 
   const body = await new Promise<Buffer>((resolve, reject) => {
     const sock = connect(fe.port, '127.0.0.1', () =>

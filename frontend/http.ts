@@ -65,7 +65,7 @@ import uWS, {
 } from './uws.js'
 import { ConnTable } from './connections.js'
 import { createCorkAnchor } from './cork-anchor.js'
-import { CORK_ROOM, freshCork, takeCork, takePiece } from './cork-room.js'
+import { freshCork, lineTooLong, MAX_LINE_BYTES, takeCork, takePiece } from './cork-room.js'
 import { createDirRoute, type DirRoute } from './dir.js'
 import { createProxyRoute, type ProxyRoute } from './proxy.js'
 import { HandlerSocket } from './handler-socket.js'
@@ -641,17 +641,15 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         if (conn.head !== head) {
           conn.head = head
           conn.field = -1
-          for (let i = 0; i < fields.length; i++) {
-            const [name, value] = fields[i]!
-            if (name.length + value.length > MAX_FIELD_BYTES) {
-              log.warn(
-                { id: conn.id, header: name, bytes: name.length + value.length },
-                `reply header line over ${MAX_FIELD_BYTES} bytes, answering 502`,
-              )
-              finish(conn)
-              fail(res, 502)
-              return true
-            }
+          const long = lineTooLong(head)
+          if (long !== undefined) {
+            log.warn(
+              { id: conn.id, line: long },
+              `reply head line over ${MAX_LINE_BYTES} bytes, answering 502`,
+            )
+            finish(conn)
+            fail(res, 502)
+            return true
           }
         }
         if (conn.field < 0) {
@@ -1826,8 +1824,6 @@ const RETIRE_MAX_MS = 60_000
 const STATUS_COALESCE_MS = 20
 const RETRY_AFTER: [string, string][] = [['Retry-After', '5']]
 const NO_EVENTS: ResponseEvent[] = []
-/** A reply header line longer than this cannot be written safely in one cork: a 502. */
-const MAX_FIELD_BYTES = CORK_ROOM - 64
 
 // Routes naming the same handler share its sockets; a `tcp://host:*` spec is only unique with
 // its ident, so the key is the whole socket identity.

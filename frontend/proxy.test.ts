@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto'
 import { pino } from 'pino'
 import t, { type Test } from 'tap'
 import uWS, { type us_listen_socket } from './uws.js'
+import { MAX_LINE_BYTES } from './cork-room.js'
 import { createProxyRoute, type ProxyOptions, type ProxyRoute } from './proxy.js'
 
 interface TestBackend {
@@ -881,6 +882,9 @@ t.test('a chunked response to a client that keeps stopping arrives byte-exact', 
 t.test('a head larger than one cork arrives whole; one too long a line is a 502', async (t) => {
   const many = Array.from({ length: 150 }, (_, i) => `x-field-${i}: ${'v'.repeat(150)}\r\n`)
   const app = await startRawBackend(t, (s, head) => {
+    if (head.startsWith('GET /reason ')) {
+      return void s.write(`HTTP/1.1 200 ${'O'.repeat(20_000)}\r\ncontent-length: 2\r\n\r\nok`)
+    }
     const fields = head.startsWith('GET /long ')
       ? `x-long: ${'a'.repeat(20_000)}\r\n`
       : head.startsWith('GET /many ')
@@ -905,11 +909,14 @@ t.test('a head larger than one cork arrives whole; one too long a line is a 502'
   const long = await fetch(`http://127.0.0.1:${port}/long`)
   t.equal(long.status, 502, 'a 20 KB header line')
   await long.text()
-  t.ok(
-    logs.some(
-      (l) => l.msg === 'backend response cut short' && /header line/.test(String(l.reason)),
-    ),
-  )
+  const reason = await fetch(`http://127.0.0.1:${port}/reason`)
+  t.equal(reason.status, 502, 'a 20 KB reason')
+  await reason.text()
+  const cut = logs.filter((l) => l.msg === 'backend response cut short').map((l) => l.reason)
+  t.same(cut, [
+    `a response head line (x-long) over ${MAX_LINE_BYTES} bytes`,
+    `a response head line (reason) over ${MAX_LINE_BYTES} bytes`,
+  ])
 })
 
 t.test('a body over maxBodyBytes is refused with 413', async (t) => {

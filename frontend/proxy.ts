@@ -32,7 +32,7 @@ import {
   type UpstreamError,
   type UpstreamHandler,
 } from './upstream.js'
-import { CORK_ROOM, freshCork, takeCork, takePiece } from './cork-room.js'
+import { freshCork, lineTooLong, MAX_LINE_BYTES, takeCork, takePiece } from './cork-room.js'
 import { latin1Bytes, type HttpResponse } from './uws.js'
 
 /** What the frontend reads from uWS's request before calling `serve` (uWS's req dies after). */
@@ -212,8 +212,6 @@ const NOT_ASCII = /[^\0-\x7f]/
 /** The first quick re-probe of a backend that has not answered yet; see quickProbe. */
 const QUICK_PROBE_MS = 25
 const EMPTY = Buffer.alloc(0)
-/** A response header line longer than this cannot be written safely in one cork: a 502. */
-const MAX_FIELD_BYTES = CORK_ROOM - 64
 const NO_EVENTS: readonly ResponseEvent[] = []
 
 interface Backend {
@@ -869,17 +867,16 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
       ex.response = head
       const fields = head.headers
       let named: string[] | undefined
-      let longest = 0
       for (let k = 0; k < fields.length; k++) {
         const f = fields[k]!
         if (f[0].length === 10 && sameLetters(f[0], 'connection')) {
           named = connectionTokens(f[1], named)
         }
-        longest = Math.max(longest, f[0].length + f[1].length)
       }
       ex.named = named
-      if (longest > MAX_FIELD_BYTES) {
-        cutShort(ex, `a response header line over ${MAX_FIELD_BYTES} bytes`)
+      const long = lineTooLong(head)
+      if (long !== undefined) {
+        cutShort(ex, `a response head line (${long}) over ${MAX_LINE_BYTES} bytes`)
         return true
       }
     }
