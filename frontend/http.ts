@@ -11,7 +11,7 @@
  *
  * The handler writes raw HTTP; uWS owns the socket, so each connection's reply stream is parsed
  * incrementally (status, headers, Content-Length / chunked / close-delimited body) and mapped
- * onto uWS calls, corked, with backpressure.
+ * onto uWS calls, corked (in pieces that fit one cork: cork-room.ts), with backpressure.
  *
  * The request and reply paths run per request at tens of thousands a second, so they allocate
  * little on purpose: headers are read into reused arrays, the header JSON is concatenated text,

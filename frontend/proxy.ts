@@ -6,15 +6,16 @@
  * both ways.
  *
  *   client ──uWS onData──> serve ──pick (round robin, healthy)──> UpstreamPool ──> backend
- *   client <──uWS end / tryEnd / write, one cork per read── handler.response (paused while the
- *             client is full)
+ *   client <──uWS end / tryEnd / write, one cork per read (more if it does not fit: cork-room.ts)──
+ *             handler.response (paused while the client is full)
  *   every healthIntervalMs: GET healthPath on each backend, on a new connection; 2xx-4xx up,
  *   anything else down
  *
  * The hot path is kept lean: the upstream head is one string built once per request and written
  * with its body (when that is complete in its first piece) as one buffer, the events of one
- * upstream read are written to the client under one cork, and a response whose body came with
- * its head leaves as one `end`. One handler object serves every request of the route.
+ * upstream read are written to the client under one cork when they fit, and a response whose
+ * body came with its head leaves as one `end`. One handler object serves every request of the
+ * route.
  *
  * Before the response starts, failures get the frontend's own answer: 502 (connection failed,
  * malformed response), 504 (no answer within responseTimeoutMs), 503 with Retry-After (no healthy
