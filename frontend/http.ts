@@ -65,7 +65,14 @@ import uWS, {
 } from './uws.js'
 import { ConnTable } from './connections.js'
 import { createCorkAnchor } from './cork-anchor.js'
-import { freshCork, lineTooLong, MAX_LINE_BYTES, takeCork, takePiece } from './cork-room.js'
+import {
+  corkIsFresh,
+  freshCork,
+  lineTooLong,
+  MAX_LINE_BYTES,
+  takeCork,
+  takePiece,
+} from './cork-room.js'
 import { createDirRoute, type DirRoute } from './dir.js'
 import { createProxyRoute, type ProxyRoute } from './proxy.js'
 import { HandlerSocket } from './handler-socket.js'
@@ -623,7 +630,14 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         }
         conn.upgrade = undefined
       }
-      if (!apply(conn, ev)) return
+      if (apply(conn, ev)) continue
+      // The cork is full and the next one goes on; one that took nothing would go on forever.
+      if (corkIsFresh()) {
+        log.error({ id: conn.id }, 'a reply write larger than a whole cork, closing')
+        finish(conn)
+        conn.res.close()
+      }
+      return
     }
   }
   /** A 101 that corked() left for after its cork (the reply's conn is corkConn's). */

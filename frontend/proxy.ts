@@ -33,7 +33,14 @@ import {
   type UpstreamError,
   type UpstreamHandler,
 } from './upstream.js'
-import { freshCork, lineTooLong, MAX_LINE_BYTES, takeCork, takePiece } from './cork-room.js'
+import {
+  corkIsFresh,
+  freshCork,
+  lineTooLong,
+  MAX_LINE_BYTES,
+  takeCork,
+  takePiece,
+} from './cork-room.js'
 import { latin1Bytes, type HttpResponse } from './uws.js'
 
 /** What the frontend reads from uWS's request before calling `serve` (uWS's req dies after). */
@@ -844,13 +851,16 @@ export function createProxyRoute(target: ProxyTarget, opts: ProxyOptions): Proxy
     for (; corkAt < events.length && !ex.done; corkAt++) {
       const e = events[corkAt]!
       // 'informational' heads are not passed on: uWS has answered 100-continue itself.
-      if (e.type === 'data') {
-        if (!writeData(ex, e.chunk)) return
-      } else if (e.type === 'head') {
-        if (!startResponse(ex, e.head, events)) return
-      } else if (e.type === 'end') {
-        if (!endResponse(ex)) return
-      }
+      const written =
+        e.type === 'data'
+          ? writeData(ex, e.chunk)
+          : e.type === 'head'
+            ? startResponse(ex, e.head, events)
+            : e.type !== 'end' || endResponse(ex)
+      if (written) continue
+      // The cork is full and the next one goes on; one that took nothing would go on forever.
+      if (corkIsFresh()) cutShort(ex, 'a write larger than a whole cork')
+      return
     }
   }
 
