@@ -27,10 +27,11 @@ import {
   parseCommand,
   parseError,
   parseMetadata,
+  parsePing,
   type Greeting,
 } from '../lib/protocol/zmtp.js'
 import { startProcess } from '../test/helpers/process.js'
-import { ZmtpHandlerSocket, parseEndpoint } from './zmtp-socket.js'
+import { SUBSCRIBE_CONFIRM_MS, ZmtpHandlerSocket, parseEndpoint } from './zmtp-socket.js'
 
 const PYTHON = '/usr/bin/python3'
 const WAIT_MS = 5000
@@ -520,6 +521,41 @@ t.test('raw peers: PING/PONG, 3.0 vs 3.1 subscriptions, topic filter, multipart'
   pull.sock.write(encodeFrame(Buffer.from('from a PULL')))
   await pull.closed()
   await h.refused(/PULL sockets only receive/)
+})
+
+t.test('a 3.1 PUB counts once it answers the PING sent after our SUBSCRIBE', async (t) => {
+  // A PUB drops what it sends before its subscription is in: a request delivered to a handler
+  // the moment it connects (a held one) would lose its reply. The PONG says it is in.
+  const h = await handler(t)
+  const pull = await rawPeer(h.sock.sendEndpoint)
+  t.teardown(pull.close)
+  pull.handshake('PULL')
+  await h.connected('push', 1)
+  const pub = await rawPeer(h.sock.recvEndpoint)
+  t.teardown(pub.close)
+  pub.handshake('PUB', 1)
+  await pub.frame(3)
+  t.same(parseCommand(pub.frames[1]!.body), { name: 'SUBSCRIBE', data: Buffer.alloc(0) })
+  const ping = parseCommand(pub.frames[2]!.body)
+  t.equal(ping.name, 'PING', 'then a PING')
+  t.notOk(h.sock.ready, 'not ready while the PING is unanswered')
+  t.equal(h.readyCalls, 0, 'so held requests stay held')
+  pub.sock.write(encodeCommand('PONG', parsePing(ping.data).context))
+  await h.onReady()
+  t.equal(h.sock.peerCount, 1, 'ready once the PONG is in')
+
+  // A 3.1 peer that never answers still counts, later.
+  const h2 = await handler(t)
+  const pull2 = await rawPeer(h2.sock.sendEndpoint)
+  t.teardown(pull2.close)
+  pull2.handshake('PULL')
+  const silent = await rawPeer(h2.sock.recvEndpoint)
+  t.teardown(silent.close)
+  silent.handshake('PUB', 1)
+  await silent.frame(3)
+  const asked = Date.now()
+  await h2.onReady()
+  t.ok(Date.now() - asked >= SUBSCRIBE_CONFIRM_MS - 50, `counted after ${SUBSCRIBE_CONFIRM_MS} ms`)
 })
 
 t.test('endpoint specs', async (t) => {

@@ -11,6 +11,14 @@
  *              command if the peer greeted with ZMTP 3.1 or later, the 3.0 message %x01+topic
  *              otherwise), reads replies in bulk and hands each to onReply.
  *
+ * A handler counts as connected (`ready`, `peerCount`) once its PULL finished the handshake and
+ * its PUB has our subscription. A PUB drops what it sends before its subscription is in (the
+ * slow joiner), so a request delivered the moment a handler connects, as a held one is, could
+ * lose its reply. A 3.1 PUB is sent a PING right after the SUBSCRIBE and counts when its PONG
+ * comes back: libzmq's I/O thread answers the PING after it has passed the SUBSCRIBE on to the
+ * socket. A 3.1 peer that does not answer counts after SUBSCRIBE_CONFIRM_MS; a 3.0 one (no
+ * PING in 3.0) at once.
+ *
  * Endpoints: `tcp://HOST:PORT` (HOST `*` = every IPv4 interface, PORT `*` = a free port) and
  * `ipc://PATH` (a unix socket; a stale socket file is removed first, as libzmq does; `@name` is
  * Linux's abstract namespace).
@@ -46,6 +54,7 @@ import {
   encodeGreeting,
   encodeLegacySubscription,
   encodeMessages,
+  encodePing,
   encodePong,
   encodeReady,
   encodeSubscribeCommand,
@@ -66,6 +75,12 @@ export const PAIR_MS = 250
 /** A peer that has not finished the handshake in this long is dropped (libzmq's default). */
 export const HANDSHAKE_TIMEOUT_MS = 30_000
 
+/** A 3.1 PUB that has not answered our PING after its SUBSCRIBE in this long counts anyway. */
+export const SUBSCRIBE_CONFIRM_MS = 1000
+
+/** The context of that PING, to tell its PONG from others. */
+const SUBSCRIBED = Buffer.from('subscribed')
+
 /** Largest reply accepted, all frames together: the same bound as one frame. */
 const MAX_MESSAGE_SIZE = MAX_FRAME_SIZE
 
@@ -83,8 +98,14 @@ interface Peer {
   /** For logs: the remote address, or a number for unix sockets. */
   name: string
   greeting: Greeting | undefined
+  /** The Socket-Type of its READY, for logs. */
+  type: string
   /** Handshake done both ways (and, on the SUB side, our subscription written). */
   open: boolean
+  /** Counted in `pulls` or `pubs`: a PUB once its subscription is confirmed (module comment). */
+  counted: boolean
+  /** Until a PUB's PONG confirms its subscription: when to count it anyway. */
+  confirm: NodeJS.Timeout | undefined
   closed: boolean
   /** A write has not been taken by the kernel yet: give this peer nothing more for now. */
   writing: boolean
@@ -278,6 +299,7 @@ export class ZmtpHandlerSocket {
     this.pushServer?.close()
     this.subServer?.close()
     for (const peer of this.peers) {
+      clearTimeout(peer.confirm)
       peer.parser.stop()
       peer.sock.destroy()
     }
@@ -356,7 +378,10 @@ export class ZmtpHandlerSocket {
       sock,
       name,
       greeting: undefined,
+      type: '',
       open: false,
+      counted: false,
+      confirm: undefined,
       closed: false,
       writing: false,
       parts: [],
@@ -438,27 +463,47 @@ export class ZmtpHandlerSocket {
       return
     }
     peer.open = true
+    peer.type = type
     peer.sock.setTimeout(0)
+    if (peer.side === 'push') {
+      peer.sock.write(this.readyPush)
+      return this.count(peer)
+    }
+    const g = peer.greeting!
+    if (g.major === 3 && g.minor === 0) {
+      peer.sock.write(Buffer.concat([this.readySub, encodeLegacySubscription(this.topic)]))
+      return this.count(peer)
+    }
+    const subscribe = encodeSubscribeCommand(this.topic)
+    peer.sock.write(Buffer.concat([this.readySub, subscribe, encodePing(0, SUBSCRIBED)]))
+    peer.confirm = setTimeout(() => {
+      this.log.debug(
+        { peer: peer.name, ms: SUBSCRIBE_CONFIRM_MS },
+        'PUB peer did not answer PING; counted as subscribed',
+      )
+      this.count(peer)
+    }, SUBSCRIBE_CONFIRM_MS)
+  }
+
+  /** Counts an open peer in `pulls` or `pubs`: requests may now go out, replies come back. */
+  private count(peer: Peer): void {
+    clearTimeout(peer.confirm)
+    peer.confirm = undefined
+    if (peer.counted || peer.closed) return
+    peer.counted = true
     const was = this.ready
     const peers = this.peerCount
     if (peer.side === 'push') {
-      peer.sock.write(this.readyPush)
       this.pulls.push(peer)
       if (this.pending.length > 0) this.scheduleFlush()
     } else {
-      const g = peer.greeting!
-      const v31 = g.major > 3 || g.minor >= 1
-      const subscribe = v31
-        ? encodeSubscribeCommand(this.topic)
-        : encodeLegacySubscription(this.topic)
-      peer.sock.write(Buffer.concat([this.readySub, subscribe]))
       this.pubs.push(peer)
     }
     this.log.debug(
       {
         side: peer.side,
         peer: peer.name,
-        type,
+        type: peer.type,
         zmtp: `${peer.greeting!.major}.${peer.greeting!.minor}`,
         peers: peer.side === 'push' ? this.pulls.length : this.pubs.length,
       },
@@ -473,11 +518,14 @@ export class ZmtpHandlerSocket {
       case 'PING':
         peer.sock.write(encodePong(parsePing(cmd.data).context))
         return
+      case 'PONG':
+        if (peer.side === 'sub' && cmd.data.equals(SUBSCRIBED)) this.count(peer)
+        return
       case 'ERROR':
         this.refuse(peer, `peer sent ERROR: ${parseError(cmd.data)}`, false)
         return
       default:
-        // PONG (we never PING), and commands of later versions: nothing to do.
+        // Commands of later versions: nothing to do.
         return
     }
   }
@@ -552,6 +600,7 @@ export class ZmtpHandlerSocket {
     if (peer.closed) return
     peer.closed = true
     this.peers.delete(peer)
+    clearTimeout(peer.confirm)
     if (!peer.open) return
     const was = this.ready
     const peers = this.peerCount
