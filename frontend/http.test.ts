@@ -32,8 +32,12 @@ interface Handler {
   close(): void
 }
 
-/** A handler connected both ways, once the frontend counts `peers` handlers on h. */
+/**
+ * A handler connected both ways, once the frontend counts `peers` handlers on h. Only a count
+ * logged after it connects will do: an earlier test logged the same counts.
+ */
 async function handler(peers: number): Promise<Handler> {
+  const mark = fe.proc.lines.length
   const pull = new Pull()
   const pub = new Publisher()
   const env = fe.handlerEnv('h')
@@ -41,7 +45,7 @@ async function handler(peers: number): Promise<Handler> {
   pub.connect(env.BAREKU_HANDLER_RECV_SPEC!)
   await fe.proc.waitFor((l) => {
     const r = logRecord(l)
-    return r?.msg === 'handler peers' && r.peers === peers
+    return r?.msg === 'handler peers' && r.peers === peers && fe.proc.lines.indexOf(l) >= mark
   })
   return {
     pull,
@@ -100,14 +104,23 @@ function raw(
   return new Promise((resolve, reject) => {
     const sock = connect(fe.port, '127.0.0.1', () => sock.write(head))
     let got = Buffer.alloc(0)
+    // A lost answer fails here, with what did come, rather than at the file's timeout.
+    const timer = setTimeout(() => {
+      sock.destroy()
+      reject(new Error(`no complete answer in 10 s; got ${JSON.stringify(got.toString('latin1'))}`))
+    }, 10_000)
     sock.on('data', (d) => {
       got = Buffer.concat([got, d])
       if (after(got, (b) => sock.write(b))) {
+        clearTimeout(timer)
         sock.destroy()
         resolve({ got, closed: false })
       }
     })
-    sock.on('close', () => resolve({ got, closed: true }))
+    sock.on('close', () => {
+      clearTimeout(timer)
+      resolve({ got, closed: true })
+    })
     sock.on('error', reject)
   })
 }
@@ -246,10 +259,15 @@ t.test('replies larger than a cork, and bytes beyond ASCII, arrive exactly as se
     )
     const parts: Buffer[] = []
     let tail = ''
+    const timer = setTimeout(() => {
+      sock.destroy()
+      reject(new Error(`no last chunk in 20 s; got ${Buffer.concat(parts).length} bytes`))
+    }, 20_000)
     sock.on('data', (d: Buffer) => {
       parts.push(d)
       tail = (tail + d.toString('latin1', Math.max(0, d.length - 7))).slice(-7)
       if (tail === '\r\n0\r\n\r\n') {
+        clearTimeout(timer)
         sock.destroy()
         return resolve(Buffer.concat(parts))
       }
@@ -258,7 +276,10 @@ t.test('replies larger than a cork, and bytes beyond ASCII, arrive exactly as se
       setImmediate(() => sock.resume())
     })
     sock.on('error', reject)
-    sock.on('close', () => reject(new Error('closed before the last chunk')))
+    sock.on('close', () => {
+      clearTimeout(timer)
+      reject(new Error('closed before the last chunk'))
+    })
   })
   const chunks: Buffer[] = []
   let at = body.indexOf('\r\n\r\n') + 4
