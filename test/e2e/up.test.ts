@@ -34,6 +34,8 @@ function fetchHost(
         res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }))
       },
     )
+    // A lost answer fails the poll that sent it instead of stalling it past its deadline.
+    req.setTimeout(10_000, () => req.destroy(new Error(`no answer from ${url} in 10 s`)))
     req.on('error', reject)
     req.end()
   })
@@ -86,7 +88,7 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
     'the push prints the URL',
   )
   // The frontend may need one health-check round to see the new backend up.
-  const first = await until('the app answers', () => get(url).catch(() => undefined), 10_000)
+  const first = await until('the app answers', () => get(url), 10_000)
   t.match(first, /python fixture ok/, 'the app answers at the printed URL')
   const ps = JSON.parse((await run(BAREKU, ['ps', 'hello', '--json'], { env: cli })).stdout) as {
     state: string
@@ -211,9 +213,7 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
     const pushed = await push(tree, join(home, 'repos', `${name}.git`))
     t.equal(pushed.code, 0, pushed.stderr)
     t.match(
-      await until(`${name} answers`, () =>
-        get(`http://${name}.localhost:${port}/hello`).catch(() => undefined),
-      ),
+      await until(`${name} answers`, () => get(`http://${name}.localhost:${port}/hello`)),
       answer,
       `${fixture} answers through the frontend`,
     )
@@ -267,9 +267,7 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
   // domains:add routes a new Host to the app.
   await run(BAREKU, ['domains:add', 'hello', 'www.example.test'], { env: cli })
   t.match(
-    await until('the domain answers', () =>
-      get(`http://www.example.test:${port}/`).catch(() => undefined),
-    ),
+    await until('the domain answers', () => get(`http://www.example.test:${port}/`)),
     /fixture ok/,
   )
 
@@ -320,8 +318,6 @@ t.test('bareku up, push, Ctrl-C, up again', async (t) => {
   const again = /master control API at (tcp:\S+)/.exec(proc.lines.join('\n'))![1]!
   const port2 = /apps answer at http:\/\/APP\.localhost:(\d+)\//.exec(proc.lines.join('\n'))![1]!
   t.ok(again)
-  const body = await until('the app answers again', () =>
-    get(`http://hello.localhost:${port2}/`).catch(() => undefined),
-  )
+  const body = await until('the app answers again', () => get(`http://hello.localhost:${port2}/`))
   t.match(body, /python fixture ok/)
 })
