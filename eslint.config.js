@@ -8,6 +8,7 @@ export default tseslint.config(
       'node_modules/',
       '.tap/',
       'coverage/',
+      'dist/',
       'test/fixtures/',
       'scripts/',
       'eslint.config.js',

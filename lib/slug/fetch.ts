@@ -63,7 +63,6 @@ async function sizeOf(path: string): Promise<number> {
   }
 }
 
-
 /** Downloads the chunks [from, size) of the slug and appends them to `part`. */
 async function download(opts: FetchSlugOptions, part: string, from: number): Promise<void> {
   const { endpoint, sha256, size, timeoutMs, signal } = opts

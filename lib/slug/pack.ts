@@ -163,7 +163,6 @@ async function writeImage(root: string, entries: TreeEntry[], out: string): Prom
   }
 }
 
-
 /** Gives `tmp` its final name without ever replacing a slug already there (same name, same bytes). */
 async function publish(tmp: string, path: string): Promise<void> {
   try {

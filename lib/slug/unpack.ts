@@ -56,7 +56,6 @@ async function settle(slugFile: string, root: string, dir: string): Promise<void
   }
 }
 
-
 /**
  * Unpacks the squashfs slug `slugFile` into `dest` (created with its parents; it appears whole
  * or not at all). Returns at once if `dest` exists. Throws E_SLUG, and leaves no `dest`, if the
