@@ -7,6 +7,7 @@
  *   npm run bench:frontend                     (about a minute)
  *   BENCH_SECONDS=10 npm run bench:frontend    measured seconds per row (default 5)
  *   BENCH_PROFILE=1 npm run bench:frontend     also profile our frontend under the node handler
+ *   BENCH_FLOOR=0 npm run bench:frontend       without the floor rows (bench/floor-frontend.ts)
  *
  * Every process it starts gets its own process group, and every group is stopped at the end,
  * also on failure or Ctrl-C. Exit 0 when the benchmark ran (a missed target is only marked
@@ -33,6 +34,7 @@ const REPO = fileURLToPath(new URL('../', import.meta.url))
 const HELLO_TS = join(REPO, 'bench/handlers/hello.ts')
 const TSX_LOADER = join(REPO, 'node_modules/tsx/dist/loader.mjs')
 const HELLO_PY = join(REPO, 'bench/handlers/hello.py')
+const FLOOR_TS = join(REPO, 'bench/floor-frontend.ts')
 const PYTHON = '/usr/bin/python3' // Debian's python3-zmq is for this one, not a pyenv python3
 const MONGREL2 = '/usr/bin/mongrel2'
 const M2SH = '/usr/bin/m2sh'
@@ -42,13 +44,14 @@ const SECONDS = positiveInt(process.env.BENCH_SECONDS, 5)
 const WARMUP_SECONDS = 1
 const CONNECTIONS = 50
 const PROFILE = process.env.BENCH_PROFILE === '1'
+const FLOOR = process.env.BENCH_FLOOR !== '0'
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100
 
 const SERVER_UUID = 'f400bf85-4538-4f7a-8908-67e313d515c2'
 const SEND_IDENT = 'c0ffee00-0000-4000-8000-00000000b001'
 
 type HandlerKind = 'node' | 'python'
-type FrontendKind = 'mongrel2' | 'ours'
+type FrontendKind = 'mongrel2' | 'ours' | 'floor'
 
 function positiveInt(value: string | undefined, fallback: number): number {
   if (value === undefined || value === '') return fallback
@@ -487,6 +490,19 @@ function startOurs(dir: string, conf: string, port: number, profileDir?: string)
   )
 }
 
+/** The platform's floor (bench/floor-frontend.ts), handler mode: node itself, as /proc needs. */
+function startFloor(port: number, sendPort: number, recvPort: number): Proc {
+  return start('floor frontend', process.execPath, [
+    '--import',
+    TSX_LOADER,
+    FLOOR_TS,
+    'handler',
+    String(port),
+    `tcp://127.0.0.1:${sendPort}`,
+    `tcp://127.0.0.1:${recvPort}`,
+  ])
+}
+
 /** Checks that the frontend's pid is node itself (bin/bareku execs it), so /proc counts node. */
 function checkOursIsNode(proc: Proc): void {
   const argv = cmdline(proc.pid)
@@ -528,12 +544,14 @@ async function runHandlerRow(
     frontend =
       frontendKind === 'mongrel2'
         ? startMongrel2(dir, conf)
-        : startOurs(dir, conf, port, profileDir)
+        : frontendKind === 'floor'
+          ? startFloor(port, sendPort, recvPort)
+          : startOurs(dir, conf, port, profileDir)
     handler = startHandler(kind, sendPort, recvPort)
     await handler.waitFor(/^ready$/, 10_000)
     const status = await waitOk(port, [frontend, handler])
     if (status !== 200) throw failure(frontend, `GET /bench answered ${status || 'nothing'}`)
-    if (frontendKind === 'ours') checkOursIsNode(frontend)
+    if (frontendKind !== 'mongrel2') checkOursIsNode(frontend)
     return await measure(port, frontend, handler)
   } finally {
     await stop(frontend)
@@ -573,7 +591,7 @@ http {
 
 /** One proxy row: nginx or ours in front of the node:http hello server `backend` listens on. */
 async function runProxyRow(
-  server: 'nginx' | 'ours',
+  server: 'nginx' | 'ours' | 'floor',
   backend: Proc,
   backendPort: number,
 ): Promise<Measured | string> {
@@ -589,6 +607,15 @@ async function runProxyRow(
       const conf = join(dir, 'nginx.conf')
       writeFileSync(conf, nginxConfig(dir, port, backendPort))
       frontend = start('nginx', NGINX, ['-c', conf, '-p', dir, '-g', 'daemon off;'])
+    } else if (server === 'floor') {
+      frontend = start('floor frontend', process.execPath, [
+        '--import',
+        TSX_LOADER,
+        FLOOR_TS,
+        'proxy',
+        String(port),
+        String(backendPort),
+      ])
     } else {
       const target = `Proxy(addr='127.0.0.1', port=${backendPort})`
       frontend = startOurs(dir, m2shConfig(port, target), port)
@@ -600,7 +627,7 @@ async function runProxyRow(
       }
       throw failure(frontend, `GET /bench through ${server} answered ${status || 'nothing'}`)
     }
-    if (server === 'ours') checkOursIsNode(frontend)
+    if (server !== 'nginx') checkOursIsNode(frontend)
     return await measure(port, frontend, backend)
   } finally {
     await stop(frontend)
@@ -808,6 +835,7 @@ async function main(): Promise<number> {
   const m2 = `Mongrel2 ${versionOf('mongrel2-core')}`
   const ours = 'Bareku (ours)'
   const nginx = `nginx ${versionOf('nginx')}`
+  const floor = 'floor (reference)'
   const problems: string[] = []
   const rows: Row[] = []
 
@@ -829,6 +857,7 @@ async function main(): Promise<number> {
   for (const kind of ['node', 'python'] as const) {
     await attempt(m2, kind, () => runHandlerRow('mongrel2', kind))
     await attempt(ours, kind, () => runHandlerRow('ours', kind))
+    if (FLOOR) await attempt(floor, kind, () => runHandlerRow('floor', kind))
   }
 
   const [backendPort] = (await freePorts(1)) as [number]
@@ -843,6 +872,9 @@ async function main(): Promise<number> {
     await backend.waitFor(/^ready$/, 10_000)
     await attempt(nginx, 'node:http (proxy)', () => runProxyRow('nginx', backend, backendPort))
     await attempt(ours, 'node:http (proxy)', () => runProxyRow('ours', backend, backendPort))
+    if (FLOOR) {
+      await attempt(floor, 'node:http (proxy)', () => runProxyRow('floor', backend, backendPort))
+    }
   } catch (err) {
     problems.push(`node:http hello server: ${(err as Error).message}`)
   } finally {
@@ -884,6 +916,16 @@ async function main(): Promise<number> {
       },
     )
   }
+  if (FLOOR) {
+    for (const kind of ['node', 'python'] as const) {
+      list.push({
+        what: `${kind} handler: floor/Mongrel2 frontend CPU per request (reference)`,
+        value: divide(measured(rows, floor, kind), measured(rows, m2, kind), (m) => m.frontendUs),
+        target: '<= 0.67 leaves room',
+        pass: (v) => v <= 0.67,
+      })
+    }
+  }
   const a = measured(rows, ours, 'node:http (proxy)')
   const b = measured(rows, nginx, 'node:http (proxy)')
   list.push(
@@ -900,6 +942,14 @@ async function main(): Promise<number> {
       pass: (v) => v <= 1,
     },
   )
+  if (FLOOR) {
+    list.push({
+      what: 'proxy: floor/nginx frontend CPU per request (reference)',
+      value: divide(measured(rows, floor, 'node:http (proxy)'), b, (m) => m.frontendUs),
+      target: '<= 1 leaves room',
+      pass: (v) => v <= 1,
+    })
+  }
 
   console.log(
     [
