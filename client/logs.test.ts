@@ -192,6 +192,8 @@ t.test('a restarted shipper goes on from its saved offsets', async (t) => {
   writeFileSync(file, 'first\n')
   const first = ship(t, dir, m.endpoint)
   await m.received('first', () => texts(m.lines()).includes('first'))
+  // The master has the batch; its ack may still be on the way back: close once it is taken.
+  await until('the ack taken', () => Object.values(offsets(dir))[0]?.offset === 6)
   await first.close()
   t.equal(Object.values(offsets(dir))[0]?.offset, 6, 'the acked offset is saved')
   appendFileSync(file, 'second\n')
