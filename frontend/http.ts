@@ -1213,10 +1213,11 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   }
 
   /**
-   * Reads the request line and headers into the module's scratch arrays (no per-request pairs),
-   * and the client address; pairs() gives the headers as a fresh list when a route keeps them.
+   * Reads the request line and headers into the module's scratch arrays (no per-request pairs);
+   * pairs() gives the headers as a fresh list when a route keeps them. Not the client address:
+   * it costs a system call and an ArrayBuffer, and Dir routes do without it (withAddress).
    */
-  function readRequest(res: HttpResponse, req: HttpRequest): Scratch {
+  function readRequest(req: HttpRequest): Scratch {
     const r = scratch
     r.count = 0
     r.size = 0
@@ -1228,6 +1229,11 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     r.method = method
     r.url = url
     r.query = query
+    r.remoteAddr = ''
+    return r
+  }
+
+  function withAddress(r: Scratch, res: HttpResponse): Scratch {
     r.remoteAddr = remoteAddress(res)
     return r
   }
@@ -1264,7 +1270,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   }
 
   function onHttp(res: HttpResponse, req: HttpRequest): void {
-    const info = readRequest(res, req)
+    const info = readRequest(req)
     if (info.size > limits.headerSize) return fail(res, 431)
     const expect = header(info, 'expect')
     if (expect !== '' && expect.toLowerCase() !== '100-continue') return fail(res, 417)
@@ -1281,6 +1287,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
         headers: pairs(info),
       })
     }
+    withAddress(info, res)
     if (target.kind === 'proxy') {
       return proxyRoute(target).serve(res, {
         method: info.method,
@@ -1424,7 +1431,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
   // ------------------------------------------------------------------ WebSocket
 
   function onUpgrade(res: HttpResponse, req: HttpRequest, context: unknown): void {
-    const info = readRequest(res, req)
+    const info = readRequest(req)
     if (info.size > limits.headerSize) return fail(res, 431)
     if (!UPGRADE_TOKEN.test(req.getHeader('connection'))) {
       // RFC 6455 4.1 requires the token. And uWS takes a 5-byte Connection ("close") to mean
@@ -1438,7 +1445,7 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     const route = routeFor(target)
     const key = req.getHeader('sec-websocket-key')
     const { path, headers } = buildHeaders(
-      asRequest(info),
+      asRequest(withAddress(info, res)),
       {
         pattern: found.routeKey,
         scheme: 'http',
