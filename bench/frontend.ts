@@ -490,21 +490,18 @@ function startOurs(dir: string, conf: string, port: number, profileDir?: string)
   )
 }
 
-/** The platform's floor (bench/floor-frontend.ts), handler mode: node itself, as /proc needs. */
-function startFloor(port: number, sendPort: number, recvPort: number): Proc {
+/** The platform's floor, bench/floor-frontend.ts with `args` (its mode first): node itself. */
+function startFloor(...args: (string | number)[]): Proc {
   return start('floor frontend', process.execPath, [
     '--import',
     TSX_LOADER,
     FLOOR_TS,
-    'handler',
-    String(port),
-    `tcp://127.0.0.1:${sendPort}`,
-    `tcp://127.0.0.1:${recvPort}`,
+    ...args.map(String),
   ])
 }
 
-/** Checks that the frontend's pid is node itself (bin/bareku execs it), so /proc counts node. */
-function checkOursIsNode(proc: Proc): void {
+/** Checks that a frontend's pid is node itself (bin/bareku execs it), so /proc counts node. */
+function checkIsNode(proc: Proc): void {
   const argv = cmdline(proc.pid)
   if (!/(^|\/)node[0-9.]*$/.test(argv[0] ?? '')) {
     throw new Error(
@@ -545,13 +542,18 @@ async function runHandlerRow(
       frontendKind === 'mongrel2'
         ? startMongrel2(dir, conf)
         : frontendKind === 'floor'
-          ? startFloor(port, sendPort, recvPort)
+          ? startFloor(
+              'handler',
+              port,
+              `tcp://127.0.0.1:${sendPort}`,
+              `tcp://127.0.0.1:${recvPort}`,
+            )
           : startOurs(dir, conf, port, profileDir)
     handler = startHandler(kind, sendPort, recvPort)
     await handler.waitFor(/^ready$/, 10_000)
     const status = await waitOk(port, [frontend, handler])
     if (status !== 200) throw failure(frontend, `GET /bench answered ${status || 'nothing'}`)
-    if (frontendKind !== 'mongrel2') checkOursIsNode(frontend)
+    if (frontendKind !== 'mongrel2') checkIsNode(frontend)
     return await measure(port, frontend, handler)
   } finally {
     await stop(frontend)
@@ -608,14 +610,7 @@ async function runProxyRow(
       writeFileSync(conf, nginxConfig(dir, port, backendPort))
       frontend = start('nginx', NGINX, ['-c', conf, '-p', dir, '-g', 'daemon off;'])
     } else if (server === 'floor') {
-      frontend = start('floor frontend', process.execPath, [
-        '--import',
-        TSX_LOADER,
-        FLOOR_TS,
-        'proxy',
-        String(port),
-        String(backendPort),
-      ])
+      frontend = startFloor('proxy', port, backendPort)
     } else {
       const target = `Proxy(addr='127.0.0.1', port=${backendPort})`
       frontend = startOurs(dir, m2shConfig(port, target), port)
@@ -627,7 +622,7 @@ async function runProxyRow(
       }
       throw failure(frontend, `GET /bench through ${server} answered ${status || 'nothing'}`)
     }
-    if (server !== 'nginx') checkOursIsNode(frontend)
+    if (server !== 'nginx') checkIsNode(frontend)
     return await measure(port, frontend, backend)
   } finally {
     await stop(frontend)
