@@ -102,10 +102,13 @@ let lastBytes = new Uint8Array(0)
 let lastAddr = ''
 function remoteAddress(res: HttpResponse): string {
   const bytes = new Uint8Array(res.getRemoteAddressAsText())
-  if (bytes.length !== lastBytes.length || bytes.some((b, i) => b !== lastBytes[i])) {
-    lastBytes = bytes
-    lastAddr = Buffer.from(bytes).toString('latin1')
+  if (bytes.length === lastBytes.length) {
+    let i = 0
+    while (i < bytes.length && bytes[i] === lastBytes[i]) i++
+    if (i === bytes.length) return lastAddr
   }
+  lastBytes = bytes
+  lastAddr = Buffer.from(bytes).toString('latin1')
   return lastAddr
 }
 
@@ -135,7 +138,8 @@ function proxyMode(app: TemplatedApp, upstreamPort: number): void {
     const res = up.res
     if (res === undefined) return
     up.res = undefined
-    const body = READ.subarray(READ.indexOf(CRLF2) + 4, n)
+    const head = READ.subarray(0, n)
+    const body = head.subarray(head.indexOf(CRLF2) + 4)
     if (!res.aborted) res.cork(() => res.end(body))
     const next = queue.shift()
     if (next === undefined) idle.push(up)
